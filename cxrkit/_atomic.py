@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader never sees half a file.
+
+Everything cxrkit writes (CSVs, PNGs, checkpoints, DICOMs) goes to a temporary
+file in the destination folder first and is renamed into place, which is atomic
+on POSIX and Windows. A crash leaves either the old file or a stray ``.tmp``
+file, never a truncated output that looks whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    ``suffix`` defaults to the destination's suffix so that writers that infer the
+    format from the extension (cv2.imwrite, torch.save) keep working.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = ".tmp" + path.suffix  # e.g. ".tmp.png": still ends in the real extension
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, **to_csv_kwargs) -> Path:
+    """``df.to_csv(path)`` that never leaves a partial CSV behind."""
+    to_csv_kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **to_csv_kwargs)
+    return Path(path)
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write bytes to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

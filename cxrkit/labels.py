@@ -1,0 +1,86 @@
+"""VinBigData class names, ids and colours, and the label shift for torchvision.
+
+VinBigData ``class_id`` 0-13 are findings and 14 is "No finding". A torchvision
+detector reserves label 0 for background, so model labels are ``class_id + 1``
+(1-14). "No finding" is never a model label: it is an image-level score written
+as ``14 p 0 0 1 1`` in a submission (see :mod:`cxrkit.submission`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
+)
+NO_FINDING_ID: int = 14
+NUM_FINDINGS: int = 14  # class ids 0..13 carry boxes
+NUM_CLASSES: int = 15  # for the competition metric: 14 findings + No finding
+MODEL_NUM_CLASSES: int = NUM_FINDINGS + 1  # torchvision: background + 14 findings
+NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+# Share of each class among the boxes of the real train.csv (67,914 rows), used by
+# the sample generator so that the synthetic data is as imbalanced as the real one.
+REAL_ROW_COUNTS: dict[int, int] = {
+    0: 7162, 1: 279, 2: 960, 3: 5427, 4: 556, 5: 1000, 6: 1247, 7: 2483,
+    8: 2580, 9: 2203, 10: 2476, 11: 4842, 12: 226, 13: 4655, 14: 31818,
+}
+
+# One distinct colour per class (tab20-like, colour-blind friendlier order).
+CLASS_COLORS: tuple[str, ...] = (
+    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
+    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000",
+    "#808080",
+)
+
+_NAME_TO_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
+
+
+def class_name(class_id: int) -> str:
+    """Name of a VinBigData class id (0-14)."""
+    if not 0 <= int(class_id) < NUM_CLASSES:
+        raise ValueError(f"class_id must be in 0..{NUM_CLASSES - 1}, got {class_id}")
+    return CLASS_NAMES[int(class_id)]
+
+
+def class_id(name: str) -> int:
+    """VinBigData class id of a class name, e.g. ``"Cardiomegaly" -> 3``."""
+    try:
+        return _NAME_TO_ID[name]
+    except KeyError:
+        raise ValueError(f"unknown class name {name!r}; expected one of {list(CLASS_NAMES)}") from None
+
+
+def class_color(class_id: int) -> str:
+    """Hex colour used for a class in every plot."""
+    return CLASS_COLORS[int(class_id)]
+
+
+def to_model_labels(class_ids: np.ndarray | list[int]) -> np.ndarray:
+    """VinBigData class ids (0-13) -> torchvision labels (1-14); 0 stays background."""
+    ids = np.asarray(class_ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= NUM_FINDINGS):
+        raise ValueError(f"only finding ids 0..{NUM_FINDINGS - 1} become model labels, got {ids}")
+    return ids + 1
+
+
+def from_model_labels(labels: np.ndarray | list[int]) -> np.ndarray:
+    """torchvision labels (1-14) -> VinBigData class ids (0-13)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > NUM_FINDINGS):
+        raise ValueError(f"model labels must be in 1..{NUM_FINDINGS}, got {labels}")
+    return labels - 1

@@ -1,0 +1,111 @@
+"""Find the data a notebook works on, the same way on a laptop, a server and Kaggle.
+
+Order of precedence (first match wins):
+
+1. an explicit ``data_dir`` argument,
+2. the ``CXRKIT_DATA`` environment variable,
+3. the competition inputs on Kaggle (:data:`KAGGLE_DIR`),
+4. the generated **sample** in the VinBigData layout, written on first use into
+   the cache folder (``CXRKIT_CACHE``, default ``~/.cache/cxrkit``) and reused after.
+
+Every candidate must look like the competition folder (``train.csv`` and a
+``train/`` or ``test/`` folder of ``.dicom`` files); a folder that does not gets a
+clear error instead of a crash three cells later.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+KAGGLE_DIR = Path("/kaggle/input/vinbigdata-chest-xray-abnormalities-detection")
+KAGGLE_WORKING = Path("/kaggle/working")
+SAMPLE_VERSION = 1  # bump when cxrkit.sample changes its output, so caches are rebuilt
+DEFAULT_SAMPLE_SEED = 0
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data folder is missing or does not have the VinBigData layout."""
+
+
+def cache_dir() -> Path:
+    """Where cxrkit keeps the sample and derived files (``CXRKIT_CACHE`` or ``~/.cache/cxrkit``)."""
+    return Path(os.environ.get("CXRKIT_CACHE", Path.home() / ".cache" / "cxrkit")).expanduser()
+
+
+def work_dir(name: str = "") -> Path:
+    """A writable folder for outputs (preprocessed PNGs, runs, submissions).
+
+    On Kaggle the inputs are read-only, so outputs go to ``/kaggle/working/cxrkit``;
+    elsewhere to ``CXRKIT_WORK`` or the cache folder.
+    """
+    if "CXRKIT_WORK" in os.environ:
+        root = Path(os.environ["CXRKIT_WORK"]).expanduser()
+    elif KAGGLE_WORKING.is_dir():
+        root = KAGGLE_WORKING / "cxrkit"
+    else:
+        root = cache_dir() / "work"
+    path = root / name if name else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_layout(data_dir: str | os.PathLike) -> Path:
+    """Return ``data_dir`` as a Path if it has the competition layout, else raise."""
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataNotFoundError(f"data folder {path} does not exist")
+    has_csv = (path / "train.csv").is_file()
+    has_images = (path / "train").is_dir() or (path / "test").is_dir()
+    if not (has_csv and has_images):
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise DataNotFoundError(
+            f"{path} is not a VinBigData folder: expected train.csv and train/ or test/ "
+            f"with .dicom files, found {found}"
+        )
+    return path
+
+
+def sample_dir(seed: int = DEFAULT_SAMPLE_SEED, generate: bool = True) -> Path:
+    """The generated sample's folder, created on first use (about a minute).
+
+    It is written to a temporary folder and renamed into place, so an interrupted
+    generation never leaves a half sample that a later call would trust.
+    """
+    path = cache_dir() / f"sample-v{SAMPLE_VERSION}-seed{seed}"
+    if (path / "train.csv").is_file():
+        return path
+    if not generate:
+        raise DataNotFoundError(f"no sample at {path}; call cxrkit.paths.sample_dir() to make one")
+    from cxrkit.sample import generate_sample
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        generate_sample(tmp, seed=seed)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished first: keep theirs
+            if not (path / "train.csv").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def find_data(data_dir: str | os.PathLike | None = None) -> Path:
+    """Locate the VinBigData folder: argument, ``CXRKIT_DATA``, Kaggle, then the sample."""
+    if data_dir is not None:
+        return check_layout(data_dir)
+    if os.environ.get("CXRKIT_DATA"):
+        return check_layout(os.environ["CXRKIT_DATA"])
+    if KAGGLE_DIR.is_dir():
+        return check_layout(KAGGLE_DIR)
+    return sample_dir()
+
+
+def is_sample(data_dir: str | os.PathLike) -> bool:
+    """True when ``data_dir`` is a generated sample (it carries ``test_labels.csv``)."""
+    return (Path(data_dir) / "test_labels.csv").is_file() and (Path(data_dir) / ".cxrkit-sample").is_file()

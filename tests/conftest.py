@@ -1,0 +1,37 @@
+"""Shared fixtures: a small generated sample and its preprocessed PNGs.
+
+Both are made once per test session in a temporary folder, so tests never
+depend on the user's cache, on ``../shared`` or on the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs short
+
+SMALL_TRAIN = 24
+SMALL_TEST = 8
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """A small sample in the exact VinBigData layout (24 train, 8 test DICOMs)."""
+    from cxrkit.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample(out, seed=123, n_train=SMALL_TRAIN, n_test=SMALL_TEST, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def preprocessed(sample_data, tmp_path_factory):
+    """The small sample converted to 256x256 PNGs with train/test meta tables."""
+    from cxrkit.preprocess import preprocess_dicoms
+
+    out = tmp_path_factory.mktemp("preprocessed")
+    report = preprocess_dicoms(sample_data, out, size=256, workers=1)
+    assert not report.failed, report.failed
+    return out
