@@ -1,0 +1,339 @@
+"""The VinBigData competition metric: PASCAL VOC 2010 mAP at IoU 0.4, 15 classes.
+
+How one number is made from a predictions table and a truth table
+-------------------------------------------------------------------
+1. **Truth boxes.** Findings (class 0-13) keep one truth box per row, so with the
+   raw ``train.csv`` each radiologist's box is a separate truth box; with a fused
+   table (``cxrkit.annotations.fuse_boxes``, ``rad_id == "wbf"``) the fused boxes are
+   the truth. "No finding" (class 14) becomes *one* box ``(0, 0, 1, 1)`` per image
+   whose rows are all class 14: the three radiologists' No finding rows collapse into
+   one truth box. Class-14 rows on an image that also has findings are dropped.
+   The Kaggle host scored against the *test* set, whose labels are the consensus of
+   five radiologists (VinDr-CXR paper and README): one set of boxes per image, which
+   is closest to a fused table. Validating against the raw three-reader ``train.csv``
+   gives a lower, noisier number (three truth boxes per finding, two of which a single
+   prediction can never match), so prefer fused truth when you compare with the
+   leaderboard.
+2. **Matching** (per image and class, predictions in descending score order): a
+   prediction takes the truth box it overlaps most; it is a true positive if that IoU
+   is ``>= iou_thr`` and that box was not taken by a higher-scored prediction,
+   otherwise a false positive (duplicates are false positives). Like the VOC devkit,
+   a prediction whose best box is taken does *not* fall back to its second best.
+3. **AP per class**: recall and precision after each prediction (all images pooled,
+   descending score), the precision envelope (running maximum from the right), and
+   the area under it summed over the recall steps ("all-point" AP, VOC 2010+).
+4. **mAP**: mean AP over the classes that have at least one truth box. A class with
+   truth and no predictions scores 0 and counts; a class absent from the truth is
+   left out.
+
+Conventions checked against ZFTurbo's ``map-boxes`` (``mean_average_precision_for_boxes``,
+popular in this competition), which ``tests/test_metrics.py`` uses as the reference:
+
+- IoU on continuous coordinates, ``iw * ih / (area_a + area_b - iw * ih)``, with no
+  "+1 pixel" (the MATLAB VOC devkit adds 1 to widths; on X-rays 2000-3000 px wide
+  that changes IoU by ~0.1 %). A hit is ``IoU >= iou_thr`` as in both the devkit and
+  map-boxes; Kaggle's text says "IoU > 0.4", which differs only on exact equality.
+- Ties in score are broken by row order of the predictions table (a stable sort), as
+  the devkit's MATLAB ``sort`` does. map-boxes uses ``np.argsort(-scores)``, which is
+  not stable (numpy's SIMD sort reorders ties even in arrays of 10), so on tied scores
+  its AP can change with the machine.
+- map-boxes matches predictions of an image in *table order*, not score order. We
+  sort by score as VOC does; the two agree whenever each image's rows are written in
+  descending score (``cxrkit.submission`` writes them that way).
+- map-boxes silently ignores predictions on images absent from the truth table and
+  casts boxes and scores to float32. Here such predictions are an error (or, with
+  ``image_ids``, false positives on images without truth) and everything is float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cxrkit.labels import CLASS_NAMES, NO_FINDING_BOX, NO_FINDING_ID, NUM_CLASSES
+
+BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
+PREDICTION_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS]
+TRUTH_COLUMNS = ["image_id", "class_id", *BOX_COLUMNS]
+
+
+@dataclass
+class MapResult:
+    """Result of :func:`vinbigdata_map`.
+
+    ``ap`` holds only the classes that have truth (the ones averaged into ``map``);
+    ``n_truth``, ``n_pred`` and ``n_tp`` hold all 15 classes. ``curves[c]`` is the
+    ``(recall, precision)`` pair after each prediction of class ``c`` in score order.
+    """
+
+    map: float
+    ap: dict[int, float]
+    n_truth: dict[int, int]
+    n_pred: dict[int, int]
+    n_tp: dict[int, int] = field(default_factory=dict)
+    curves: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    iou_thr: float = 0.4
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per class: id, name, AP (NaN when the class has no truth) and counts."""
+        rows = []
+        for c in range(NUM_CLASSES):
+            n_truth = self.n_truth.get(c, 0)
+            n_tp = self.n_tp.get(c, 0)
+            rows.append(
+                {
+                    "class_id": c,
+                    "class_name": CLASS_NAMES[c],
+                    "ap": self.ap.get(c, np.nan),
+                    "n_truth": n_truth,
+                    "n_pred": self.n_pred.get(c, 0),
+                    "n_tp": n_tp,
+                    "recall": n_tp / n_truth if n_truth else np.nan,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary: ``{"map": float, "ap": {class_name: float}}``."""
+        return {
+            "map": float(self.map),
+            "ap": {CLASS_NAMES[c]: float(v) for c, v in sorted(self.ap.items())},
+        }
+
+    def __str__(self) -> str:
+        return f"mAP@{self.iou_thr:g} = {self.map:.4f} over {len(self.ap)} classes"
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4) -> (N, M).
+
+    Continuous coordinates (no +1 pixel); boxes that do not overlap, or degenerate
+    boxes, give 0.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    return _iou(a[:, None, :], b[None, :, :])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise IoU of broadcastable box arrays (..., 4), same formula as map-boxes."""
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    overlap = (iw > 0) & (ih > 0)
+    inter = np.where(overlap, iw * ih, 0.0)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlap & (union > 0), inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-point interpolated AP (PASCAL VOC 2010 onwards).
+
+    ``recall`` and ``precision`` are the values after each prediction in descending
+    score order. The precision is first replaced by its *envelope* (at each recall,
+    the best precision reachable at that recall or beyond), then the area under the
+    envelope is summed over the points where recall changes.
+    """
+    mrec = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64), [1.0]))
+    mpre = np.concatenate(([0.0], np.asarray(precision, dtype=np.float64), [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """Truth boxes as scored: findings row by row, one No finding box per normal image.
+
+    ``truth`` has ``train.csv`` columns (raw or fused). Returns image_id, class_id and
+    box columns, findings first in table order, then one class-14 row with box
+    ``(0, 0, 1, 1)`` for every image whose rows are all class 14.
+    """
+    missing = [c for c in ("image_id", "class_id", *BOX_COLUMNS) if c not in truth.columns]
+    if missing:
+        raise ValueError(f"truth table lacks column(s) {missing}; expected train.csv columns")
+    class_ids = pd.to_numeric(truth["class_id"], errors="coerce")
+    bad = ~class_ids.isin(range(NUM_CLASSES))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"truth row {i} (image_id {truth['image_id'].iloc[i]!r}): class_id "
+            f"{truth['class_id'].iloc[i]!r} is not in 0..{NUM_CLASSES - 1}"
+        )
+    is_nf = (class_ids == NO_FINDING_ID).to_numpy()
+    findings = truth.loc[~is_nf, TRUTH_COLUMNS].copy()
+    findings["class_id"] = class_ids[~is_nf].astype(np.int64)
+    boxes = findings[BOX_COLUMNS].apply(pd.to_numeric, errors="coerce")
+    if boxes.isna().any().any():
+        i = int(np.flatnonzero(boxes.isna().any(axis=1).to_numpy())[0])
+        raise ValueError(
+            f"truth finding row (image_id {findings['image_id'].iloc[i]!r}, class_id "
+            f"{findings['class_id'].iloc[i]}) has a missing or non-numeric box"
+        )
+    findings[BOX_COLUMNS] = boxes.astype(np.float64)
+    has_finding = set(findings["image_id"])
+    normal_ids = pd.unique(truth.loc[is_nf, "image_id"])
+    normal_ids = [i for i in normal_ids if i not in has_finding]
+    normal = pd.DataFrame({"image_id": normal_ids, "class_id": NO_FINDING_ID})
+    normal[BOX_COLUMNS] = np.tile(np.asarray(NO_FINDING_BOX, dtype=np.float64), (len(normal), 1))
+    normal["class_id"] = normal["class_id"].astype(np.int64)
+    return pd.concat([findings, normal], ignore_index=True)
+
+
+def _check_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(
+            f"predictions table lacks column(s) {missing}; expected {PREDICTION_COLUMNS}"
+        )
+    p = predictions[PREDICTION_COLUMNS].reset_index(drop=True)
+    num = p[["class_id", "score", *BOX_COLUMNS]].apply(pd.to_numeric, errors="coerce")
+    num = num.astype(np.float64)
+    bad = ~np.isfinite(num.to_numpy()).all(axis=1) | ~num["class_id"].isin(range(NUM_CLASSES))
+    if bad.any():
+        i = int(np.flatnonzero(np.asarray(bad))[0])
+        raise ValueError(
+            f"predictions row {i} (image_id {p['image_id'].iloc[i]!r}) has a non-numeric or "
+            f"non-finite value or a class_id outside 0..{NUM_CLASSES - 1}: "
+            f"{p.iloc[i].to_dict()}"
+        )
+    p[["score", *BOX_COLUMNS]] = num[["score", *BOX_COLUMNS]]
+    p["class_id"] = num["class_id"].astype(np.int64)
+    return p
+
+
+def _match(
+    det_key: np.ndarray,
+    det_boxes: np.ndarray,
+    truth_key: np.ndarray,
+    truth_boxes: np.ndarray,
+    iou_thr: float,
+) -> np.ndarray:
+    """True-positive flags for detections already in descending score order.
+
+    Vectorised VOC matching: every detection is paired with all truth boxes of its
+    (image, class) group at once. Because a detection never falls back to its second
+    best box, detection ``d`` is a true positive exactly when its best IoU reaches
+    the threshold and no earlier detection had the same best box with a passing IoU.
+    """
+    n_det = len(det_key)
+    tp = np.zeros(n_det, dtype=bool)
+    if n_det == 0 or len(truth_key) == 0:
+        return tp
+    order = np.argsort(truth_key, kind="stable")  # table order inside a group
+    key_sorted = truth_key[order]
+    start = np.searchsorted(key_sorted, det_key, side="left")
+    count = np.searchsorted(key_sorted, det_key, side="right") - start
+    total = int(count.sum())
+    if total == 0:
+        return tp
+    first_pair = np.cumsum(count) - count
+    det_of_pair = np.repeat(np.arange(n_det), count)
+    truth_of_pair = order[np.repeat(start - first_pair, count) + np.arange(total)]
+    iou = _iou(det_boxes[det_of_pair], truth_boxes[truth_of_pair])
+
+    has = count > 0
+    best = np.zeros(n_det)
+    best[has] = np.maximum.reduceat(iou, first_pair[has])
+    # first pair reaching the best IoU = np.argmax's choice (first index on ties)
+    at_best = np.flatnonzero(iou == best[det_of_pair])
+    first = np.r_[True, det_of_pair[at_best[1:]] != det_of_pair[at_best[:-1]]]
+    at_best = at_best[first]
+    best_truth = np.full(n_det, -1)
+    best_truth[det_of_pair[at_best]] = truth_of_pair[at_best]
+
+    passing = np.flatnonzero(has & (best >= iou_thr))
+    _, first_claim = np.unique(best_truth[passing], return_index=True)
+    tp[passing[first_claim]] = True
+    return tp
+
+
+def vinbigdata_map(
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    iou_thr: float = 0.4,
+    *,
+    image_ids: Iterable | None = None,
+) -> MapResult:
+    """Competition mAP of a predictions table against a truth table.
+
+    Parameters
+    ----------
+    predictions:
+        image_id, class_id (0-14), score, x_min, y_min, x_max, y_max in original
+        pixels. A No finding prediction is class 14 with box (0, 0, 1, 1).
+    truth:
+        ``train.csv`` columns, raw or fused (see the module docstring).
+    iou_thr:
+        IoU needed for a hit (``>=``); 0.4 in the competition.
+    image_ids:
+        The images being scored. Defaults to the images of ``truth``. Listing images
+        without truth rows makes their predictions count as false positives.
+        Predictions on any other image raise ``ValueError`` (a mismatched id is
+        almost always a bug).
+    """
+    if not 0.0 < iou_thr <= 1.0:
+        raise ValueError(f"iou_thr must be in (0, 1], got {iou_thr}")
+    pred = _check_predictions(predictions)
+    gt = prepare_truth(truth)
+    if len(gt) == 0:
+        raise ValueError("truth table has no rows: nothing to score against")
+    ids = pd.Index(pd.unique(truth["image_id"]) if image_ids is None else list(image_ids))
+    if not ids.is_unique:
+        ids = ids.unique()
+    pred_img = ids.get_indexer(pred["image_id"])
+    gt_img = ids.get_indexer(gt["image_id"])
+    if (pred_img < 0).any():
+        unknown = pd.unique(pred["image_id"][pred_img < 0])
+        raise ValueError(
+            f"{len(unknown)} image id(s) in the predictions are not among the scored images, "
+            f"e.g. {list(unknown[:3])}; filter the predictions or pass image_ids="
+        )
+    if (gt_img < 0).any():
+        raise ValueError("image_ids must include every image of the truth table")
+
+    # one stable sort: descending score, ties in table order
+    order = np.argsort(-pred["score"].to_numpy(), kind="stable")
+    det_cls = pred["class_id"].to_numpy()[order]
+    det_key = pred_img[order].astype(np.int64) * NUM_CLASSES + det_cls
+    det_boxes = pred[BOX_COLUMNS].to_numpy(np.float64)[order]
+    gt_cls = gt["class_id"].to_numpy(np.int64)
+    gt_key = gt_img.astype(np.int64) * NUM_CLASSES + gt_cls
+    tp = _match(det_key, det_boxes, gt_key, gt[BOX_COLUMNS].to_numpy(np.float64), iou_thr)
+
+    n_truth = np.bincount(gt_cls, minlength=NUM_CLASSES)
+    n_pred = np.bincount(det_cls, minlength=NUM_CLASSES)
+    ap: dict[int, float] = {}
+    curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    n_tp: dict[int, int] = {}
+    for c in range(NUM_CLASSES):
+        tp_c = tp[det_cls == c]
+        n_tp[c] = int(tp_c.sum())
+        if n_truth[c] == 0:
+            continue
+        tp_cum = np.cumsum(tp_c, dtype=np.float64)
+        fp_cum = np.cumsum(~tp_c, dtype=np.float64)
+        recall = tp_cum / n_truth[c]
+        precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+        curves[c] = (recall, precision)
+        ap[c] = average_precision(recall, precision)
+    return MapResult(
+        map=float(np.mean(list(ap.values()))),
+        ap=ap,
+        n_truth={c: int(n) for c, n in enumerate(n_truth)},
+        n_pred={c: int(n) for c, n in enumerate(n_pred)},
+        n_tp=n_tp,
+        curves=curves,
+        iou_thr=iou_thr,
+    )
+
+
+def pr_curves(
+    predictions: pd.DataFrame, truth: pd.DataFrame, iou_thr: float = 0.4, **kwargs
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per-class ``(recall, precision)`` curves, e.g. for ``cxrkit.plotting``."""
+    return vinbigdata_map(predictions, truth, iou_thr, **kwargs).curves
