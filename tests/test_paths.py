@@ -1,0 +1,81 @@
+"""Data discovery: argument, CXRKIT_DATA, Kaggle, then the sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxrkit import paths
+
+
+def _fake_competition_folder(root):
+    (root / "train").mkdir(parents=True)
+    (root / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n")
+    return root
+
+
+def test_explicit_argument_wins(tmp_path, monkeypatch):
+    explicit = _fake_competition_folder(tmp_path / "explicit")
+    monkeypatch.setenv("CXRKIT_DATA", str(_fake_competition_folder(tmp_path / "env")))
+    assert paths.find_data(explicit) == explicit
+
+
+def test_environment_variable_before_kaggle_and_sample(tmp_path, monkeypatch):
+    env = _fake_competition_folder(tmp_path / "env")
+    monkeypatch.setenv("CXRKIT_DATA", str(env))
+    monkeypatch.setattr(paths, "KAGGLE_DIR", _fake_competition_folder(tmp_path / "kaggle"))
+    assert paths.find_data() == env
+
+
+def test_kaggle_before_sample(tmp_path, monkeypatch):
+    monkeypatch.delenv("CXRKIT_DATA", raising=False)
+    kaggle = _fake_competition_folder(tmp_path / "kaggle")
+    monkeypatch.setattr(paths, "KAGGLE_DIR", kaggle)
+    assert paths.find_data() == kaggle
+
+
+def test_sample_is_generated_once_then_reused(tmp_path, monkeypatch):
+    monkeypatch.delenv("CXRKIT_DATA", raising=False)
+    monkeypatch.setattr(paths, "KAGGLE_DIR", tmp_path / "no-kaggle")
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_generate(out, seed):
+        calls.append(seed)
+        _fake_competition_folder(out)
+
+    monkeypatch.setattr("cxrkit.sample.generate_sample", fake_generate)
+    first = paths.find_data()
+    second = paths.find_data()
+    assert first == second == tmp_path / "cache" / f"sample-v{paths.SAMPLE_VERSION}-seed0"
+    assert calls == [0]
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")], "temp folder left"
+
+
+def test_interrupted_generation_leaves_no_half_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+
+    def failing_generate(out, seed):
+        (out / "train").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cxrkit.sample.generate_sample", failing_generate)
+    with pytest.raises(KeyboardInterrupt):
+        paths.sample_dir()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "no_csv"])
+def test_bad_folder_gets_a_clear_error(tmp_path, make):
+    folder = tmp_path / "data"
+    if make in ("empty", "no_csv"):
+        folder.mkdir()
+    if make == "no_csv":
+        (folder / "train").mkdir()
+    with pytest.raises(paths.DataNotFoundError, match=str(folder)):
+        paths.find_data(folder)
+
+
+def test_work_dir_prefers_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRKIT_WORK", str(tmp_path / "work"))
+    assert paths.work_dir("runs") == tmp_path / "work" / "runs"
+    assert (tmp_path / "work" / "runs").is_dir()
