@@ -1,0 +1,774 @@
+"""Read, check, fuse and rescale the VinBigData box annotations.
+
+``train.csv`` has one row per (radiologist, box): every training image was read
+by three radiologists (ids ``R1``..``R17``), each drawing boxes for the 14
+findings (``class_id`` 0-13) or writing a single "No finding" row (``class_id``
+14, empty box). This module
+
+* **validates** the table and names the file, the line and the image of any bad
+  row (a typo found here costs a minute; found inside a training loop, an hour);
+* **fuses** the radiologists' boxes into one consensus box per finding with
+  Weighted Boxes Fusion (:func:`fuse_boxes`), the layout of the public "VinBigData
+  WBF" / "vinbigdata-512-image-dataset" tables;
+* **converts** boxes between the two coordinate spaces of the project
+  (:func:`boxes_to_resized`, :func:`boxes_to_original`): *original* DICOM pixels
+  (``dim0`` rows = height, ``dim1`` columns = width, from the meta table) and
+  *resized* PNG pixels;
+* **summarises** the labels for exploration (:func:`summarize`,
+  :func:`radiologist_agreement`, :func:`image_class_sets`).
+
+Line numbers in error messages follow the CSV file: the header is line 1, so the
+first data row is line 2 (what a text editor shows).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
+
+__all__ = [
+    "AnnotationError",
+    "TRAIN_COLUMNS",
+    "BOX_COLUMNS",
+    "META_COLUMNS",
+    "load_annotations",
+    "validate_annotations",
+    "load_meta",
+    "validate_meta",
+    "meta_from_dicoms",
+    "fuse_boxes",
+    "rescale_boxes",
+    "boxes_to_resized",
+    "boxes_to_original",
+    "image_class_sets",
+    "summarize",
+    "radiologist_agreement",
+]
+
+TRAIN_COLUMNS: list[str] = [
+    "image_id",
+    "class_name",
+    "class_id",
+    "rad_id",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+]
+BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
+META_COLUMNS: list[str] = ["image_id", "dim0", "dim1"]
+FUSED_RAD_ID = "wbf"
+_MAX_LISTED = 5  # problems spelled out in one error message
+
+
+class AnnotationError(ValueError):
+    """An annotation or meta table is malformed; the message names file, line and image."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _line_note() -> str:
+    return "line numbers count the CSV header as line 1"
+
+
+def _raise_problems(
+    source: str, problems: list[tuple[int, str, str]], total: int | None = None, what: str = "row"
+) -> None:
+    """Raise one AnnotationError listing ``(position, image_id, message)`` problems.
+
+    Positions are 0-based row positions, shown as CSV lines (position + 2).
+    ``total`` is the number of problems when only some were given as messages.
+    """
+    if not problems:
+        return
+    total = len(problems) if total is None else total
+    problems = sorted(problems, key=lambda p: p[0])
+    lines = [f"line {pos + 2}, image_id {image_id!r}: {msg}" for pos, image_id, msg in problems]
+    shown = lines[:_MAX_LISTED]
+    more = total - len(shown)
+    s = "s" if total > 1 else ""
+    body = "\n  ".join(shown)
+    tail = f"\n  ... and {more} more" if more else ""
+    raise AnnotationError(f"{source}: {total} invalid {what}{s} ({_line_note()}):\n  {body}{tail}")
+
+
+def _show(value: object) -> str:
+    """A cell value for a message: strings quoted, numbers plain (no ``np.int64(...)``)."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+def _blank(values: pd.Series) -> np.ndarray:
+    """True where a cell is empty: NaN/None or a whitespace-only string."""
+    missing = values.isna().to_numpy()
+    if not pd.api.types.is_numeric_dtype(values):
+        text = values.astype(object).where(~missing, "")
+        missing = missing | (text.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy())
+    return missing
+
+
+def _as_table(
+    path_or_df: str | os.PathLike | pd.DataFrame, default_name: str
+) -> tuple[pd.DataFrame, str]:
+    """Read a CSV (or take a DataFrame) and return it with a name for messages."""
+    if isinstance(path_or_df, pd.DataFrame):
+        return path_or_df, default_name
+    path = Path(path_or_df)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a CSV file)")
+    try:
+        # ids stay text even if one looks like a number; coordinates are checked later
+        df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str, "class_name": str})
+    except pd.errors.EmptyDataError:
+        raise AnnotationError(f"{path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not a readable CSV file ({exc})") from None
+    return df, str(path)
+
+
+def _check_columns(df: pd.DataFrame, required: list[str], source: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise AnnotationError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise AnnotationError(
+            f"{source} is missing column(s) {missing}; expected at least {required}, "
+            f"found {list(map(str, df.columns))}"
+        )
+    if len(df) == 0:
+        raise AnnotationError(f"{source} has a header but no rows")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_annotations(df: pd.DataFrame, source: str = "train.csv") -> pd.DataFrame:
+    """Check a table in ``train.csv`` columns and return a clean copy.
+
+    Checked: the columns of :data:`TRAIN_COLUMNS` (extra columns are kept), at
+    least one row, a non-empty ``image_id``, an integer ``class_id`` in 0-14 whose
+    ``class_name`` matches, numeric coordinates, a box on every finding (0-13) and
+    no box on "No finding" (14), ``x_min < x_max``, ``y_min < y_max`` and no
+    negative coordinate. Every bad row is reported with its CSV line (the header
+    is line 1, so the row at position ``i`` of ``df`` is line ``i + 2``).
+
+    Returns a copy with ``image_id``/``class_name``/``rad_id`` as strings,
+    ``class_id`` int64, coordinates float64 and a fresh 0..n-1 index; the
+    :data:`TRAIN_COLUMNS` come first.
+    """
+    _check_columns(df, TRAIN_COLUMNS, source)
+    df = df.reset_index(drop=True)
+    n = len(df)
+    problems: list[tuple[int, str, str]] = []
+    total = 0
+
+    id_blank = _blank(df["image_id"])
+    image_ids = df["image_id"].astype(object).where(~id_blank, "").astype(str).str.strip()
+    ids_np = image_ids.to_numpy()
+
+    def report(mask: np.ndarray, make_msg: Callable[[int], str]) -> None:
+        # format only the first few messages of each kind: a broken file can have 60k bad rows
+        nonlocal total
+        total += int(mask.sum())
+        for pos in np.flatnonzero(mask)[:_MAX_LISTED]:
+            problems.append((int(pos), ids_np[pos], make_msg(int(pos))))
+
+    report(id_blank, lambda p: "image_id is empty")
+
+    # class_id: integer 0..14
+    raw_cls = df["class_id"]
+    cls_blank = _blank(raw_cls)
+    cls_num = pd.to_numeric(raw_cls.where(~cls_blank), errors="coerce").to_numpy(dtype=float)
+    cls_bad_type = ~cls_blank & (~np.isfinite(cls_num) | (cls_num != np.round(cls_num)))
+    report(cls_blank, lambda p: "class_id is empty")
+    report(cls_bad_type, lambda p: f"class_id {_show(raw_cls.iloc[p])} is not an integer")
+    cls_ok = ~cls_blank & ~cls_bad_type
+    cls_int = np.where(cls_ok, np.nan_to_num(cls_num), -1).astype(np.int64)
+    unknown = cls_ok & ((cls_int < 0) | (cls_int >= NUM_CLASSES))
+    report(unknown, lambda p: f"unknown class_id {cls_int[p]} (expected 0-{NUM_CLASSES - 1})")
+    cls_ok &= ~unknown
+
+    # class_name must be the name of class_id
+    names = df["class_name"].astype(object).to_numpy()
+    expected = np.array(CLASS_NAMES, dtype=object)[np.where(cls_ok, cls_int, 0)]
+    name_bad = cls_ok & (names != expected)
+    report(
+        name_bad,
+        lambda p: (
+            f"class_name {names[p]!r} does not match class_id {cls_int[p]} "
+            f"(which is {CLASS_NAMES[cls_int[p]]!r})"
+        ),
+    )
+
+    # coordinates: numeric, present exactly for findings, ordered, non-negative
+    coords = np.empty((n, 4), dtype=np.float64)
+    present = np.zeros((n, 4), dtype=bool)
+    any_bad_number = np.zeros(n, dtype=bool)
+    for k, col in enumerate(BOX_COLUMNS):
+        raw = df[col]
+        blank = _blank(raw)
+        num = pd.to_numeric(raw.where(~blank), errors="coerce").to_numpy(dtype=float)
+        bad = ~blank & ~np.isfinite(num)
+        report(
+            bad, lambda p, col=col, raw=raw: f"{col} {_show(raw.iloc[p])} is not a finite number"
+        )
+        coords[:, k] = np.where(bad, np.nan, num)
+        present[:, k] = ~blank & ~bad
+        any_bad_number |= bad
+
+    finding = cls_ok & (cls_int != NO_FINDING_ID)
+    no_finding = cls_ok & (cls_int == NO_FINDING_ID)
+    report(
+        finding & ~present.all(axis=1) & ~any_bad_number,
+        lambda p: (
+            f"finding {cls_int[p]} ({CLASS_NAMES[cls_int[p]]}) has no box: "
+            "x_min, y_min, x_max, y_max must all be filled"
+        ),
+    )
+    report(
+        no_finding & present.any(axis=1),
+        lambda p: "a 'No finding' row (class_id 14) has a box; its x_min..y_max must be empty",
+    )
+    full = finding & present.all(axis=1)
+    with np.errstate(invalid="ignore"):
+        negative = full & (coords < 0).any(axis=1)
+        report(
+            negative,
+            lambda p: f"negative coordinate in box {coords[p].tolist()} (pixels start at 0)",
+        )
+        report(
+            full & (coords[:, 2] <= coords[:, 0]),
+            lambda p: f"x_max {coords[p, 2]:g} <= x_min {coords[p, 0]:g} (box has no width)",
+        )
+        report(
+            full & (coords[:, 3] <= coords[:, 1]),
+            lambda p: f"y_max {coords[p, 3]:g} <= y_min {coords[p, 1]:g} (box has no height)",
+        )
+
+    _raise_problems(source, problems, total)
+
+    out = df.copy()
+    out["image_id"] = image_ids.astype(str)
+    out["class_name"] = out["class_name"].astype(str)
+    out["rad_id"] = out["rad_id"].astype(object).where(~_blank(out["rad_id"]), "").astype(str)
+    out["class_id"] = cls_int
+    for k, col in enumerate(BOX_COLUMNS):
+        out[col] = coords[:, k]
+    extras = [c for c in out.columns if c not in TRAIN_COLUMNS]
+    return out[TRAIN_COLUMNS + extras]
+
+
+def load_annotations(path_or_df: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """Read ``train.csv`` (or a fused table, or ``test_labels.csv``) and validate it.
+
+    A DataFrame is validated as is (messages then call it "annotations").
+    See :func:`validate_annotations` for the checks and the returned dtypes.
+    """
+    df, source = _as_table(path_or_df, "annotations")
+    return validate_annotations(df, source=source)
+
+
+# --------------------------------------------------------------------------- meta tables
+
+
+def validate_meta(df: pd.DataFrame, source: str = "meta") -> pd.DataFrame:
+    """Check an ``image_id,dim0,dim1`` table and return a clean copy.
+
+    ``dim0`` is the number of rows (height) and ``dim1`` the number of columns
+    (width) of the *original* DICOM, as in the public resized datasets. Sizes must
+    be positive integers and every image id must appear once.
+    """
+    _check_columns(df, META_COLUMNS, source)
+    df = df.reset_index(drop=True)
+    blank = _blank(df["image_id"])
+    ids = df["image_id"].astype(object).where(~blank, "").astype(str).str.strip()
+    problems: list[tuple[int, str, str]] = []
+    for pos in np.flatnonzero(blank):
+        problems.append((int(pos), "", "image_id is empty"))
+    dup = ids.duplicated(keep="first").to_numpy() & ~blank
+    for pos in np.flatnonzero(dup):
+        first = int(np.flatnonzero(ids.to_numpy() == ids.iloc[pos])[0])
+        problems.append(
+            (int(pos), ids.iloc[pos], f"duplicate image_id (first on line {first + 2})")
+        )
+    sizes = {}
+    for col in ("dim0", "dim1"):
+        raw = df[col]
+        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(num) | (num != np.round(np.nan_to_num(num)))
+        for pos in np.flatnonzero(bad):
+            problems.append(
+                (int(pos), ids.iloc[pos], f"{col} {_show(raw.iloc[pos])} is not an integer")
+            )
+        nonpos = ~bad & (np.nan_to_num(num) <= 0)
+        for pos in np.flatnonzero(nonpos):
+            problems.append(
+                (int(pos), ids.iloc[pos], f"{col} {_show(raw.iloc[pos])} is not positive")
+            )
+        sizes[col] = np.where(bad, 0, np.nan_to_num(num)).astype(np.int64)
+    _raise_problems(source, problems)
+    out = df.copy()
+    out["image_id"] = ids.astype(str)
+    out["dim0"] = sizes["dim0"]
+    out["dim1"] = sizes["dim1"]
+    extras = [c for c in out.columns if c not in META_COLUMNS]
+    return out[META_COLUMNS + extras]
+
+
+def load_meta(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """Read and validate a meta CSV (``image_id,dim0,dim1``), e.g. ``train_meta.csv``."""
+    df, source = _as_table(path, "meta")
+    return validate_meta(df, source=source)
+
+
+def _read_dicom_shape(path: Path) -> tuple[int, int]:
+    """(rows, columns) from a DICOM header, without decoding the pixels."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if rows is None or cols is None:
+        raise ValueError("no Rows/Columns in the header (not an image?)")
+    return int(rows), int(cols)
+
+
+def _shape_reader() -> Callable[[Path], tuple[int, int]]:
+    """``cxrkit.dicom.dicom_shape`` when available, else the local header reader."""
+    try:
+        from cxrkit.dicom import dicom_shape
+    except ImportError:
+        return _read_dicom_shape
+    return dicom_shape
+
+
+def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
+    """Build the meta table (``image_id,dim0,dim1``) from the headers of a DICOM folder.
+
+    Reads every ``*.dicom`` / ``*.dcm`` file directly in ``dicom_dir`` (not in
+    sub-folders) with ``stop_before_pixels``: only the header is parsed, so this
+    takes seconds even for the 15,000 full-size training images. The image id is
+    the file name without its extension. Unreadable files are collected and
+    reported together in one :class:`AnnotationError`.
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(dicom_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DICOM folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".dicom", ".dcm"))
+    if not files:
+        hint = ""
+        if any((folder / sub).is_dir() for sub in ("train", "test")):
+            hint = " (did you mean its train/ or test/ sub-folder?)"
+        raise AnnotationError(f"no .dicom or .dcm files in {folder}{hint}")
+    stems = pd.Series([p.stem for p in files])
+    dups = sorted(set(stems[stems.duplicated()]))
+    if dups:
+        raise AnnotationError(f"{folder}: several files share the image id(s) {dups[:10]}")
+
+    read = _shape_reader()
+    records, failed = [], []
+    for path in tqdm(files, desc="reading DICOM headers", unit="file"):
+        try:
+            rows, cols = read(path)
+        except Exception as exc:  # any reader failure is reported with its file
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            failed.append(f"{path.name}: {reason}")
+            continue
+        records.append((path.stem, rows, cols))
+    if failed:
+        listed = "\n  ".join(failed[:10])
+        more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+        raise AnnotationError(
+            f"{folder}: {len(failed)} unreadable DICOM file(s):\n  {listed}{more}"
+        )
+    meta = pd.DataFrame(records, columns=META_COLUMNS)
+    return validate_meta(meta, source=f"headers of {folder}")
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def _image_sizes(image_ids: pd.Series, meta: pd.DataFrame, purpose: str) -> np.ndarray:
+    """(n, 2) float array of (height, width) per row; error naming ids missing in meta."""
+    sizes = meta.set_index("image_id")[["dim0", "dim1"]]
+    missing = pd.Index(image_ids.unique()).difference(sizes.index)
+    if len(missing):
+        shown = list(missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise AnnotationError(
+            f"{len(missing)} image id(s) are missing from the meta table, needed {purpose}: "
+            f"{shown}{more}"
+        )
+    return sizes.reindex(image_ids.to_numpy()).to_numpy(dtype=np.float64)
+
+
+def fuse_boxes(
+    annotations: pd.DataFrame | str | os.PathLike,
+    meta: pd.DataFrame | str | os.PathLike,
+    iou_thr: float = 0.4,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "avg",
+    *,
+    clip: bool = False,
+) -> pd.DataFrame:
+    """Fuse the radiologists' boxes of each image into one consensus set with WBF.
+
+    **Why fuse?** Three radiologists read each training image and rarely draw the
+    same rectangle: one finding often appears as three slightly different boxes.
+    Training on all of them teaches the detector to predict duplicates and
+    counts one lesion three times. Weighted Boxes Fusion (Solovyev et al., 2021,
+    the ``ensemble-boxes`` package) clusters boxes of the same class that overlap
+    by more than ``iou_thr`` and replaces each cluster by the score-weighted
+    *average* of its coordinates. Unlike NMS, which keeps one box and discards the
+    others, WBF uses every radiologist's opinion. A box that no other radiologist
+    confirmed is kept as it is (its fused score would be 1/3).
+
+    **Why normalise?** ``weighted_boxes_fusion`` expects coordinates in [0, 1]
+    (it clips anything outside with a warning), so boxes are divided by the
+    image width (``dim1``) and height (``dim0``) from ``meta`` and multiplied back
+    afterwards. This is why a meta table of the *original* DICOM sizes is needed.
+
+    Each radiologist of an image is one "model" of WBF (in order of first
+    appearance in the table, including radiologists who said "No finding", who
+    contribute an empty list), every box has score 1, and the class id is the WBF
+    label, so boxes are only fused within a class. WBF is order dependent; the
+    order used here is the row order of the table, which makes the result
+    reproducible and identical to calling ``ensemble_boxes.weighted_boxes_fusion``
+    yourself with the same lists (the tests check this). WBF averages in float32,
+    so fused corners carry ~1e-7 relative error (a ten-thousandth of a pixel).
+
+    Args:
+        annotations: a table in :data:`TRAIN_COLUMNS` (or a CSV path); validated.
+        meta: ``image_id,dim0,dim1`` of the original images (or a CSV path).
+        iou_thr: IoU above which two boxes of one class join the same cluster
+            (0.4, the competition's matching threshold, is the common choice).
+        skip_box_thr: passed to WBF; boxes scoring below it are ignored. All
+            input scores are 1, so this only matters for values above 1.
+        conf_type: passed to WBF; affects only the fused scores, which this
+            table does not keep.
+        clip: boxes reaching beyond the image (``x_max > dim1`` or
+            ``y_max > dim0``) usually mean that the meta table does not describe
+            the original images (for instance sizes of resized PNGs), so they
+            raise an :class:`AnnotationError` by default. With ``clip=True`` they
+            are clipped to the image with a warning (boxes left with no area are
+            dropped; an image left with no box becomes "No finding").
+
+    Returns:
+        A table in :data:`TRAIN_COLUMNS` with ``rad_id`` ``"wbf"`` and boxes in
+        original pixels, images in their order of first appearance and boxes
+        sorted by class. An image with no finding box keeps exactly one
+        "No finding" row; an image where any radiologist drew a finding keeps only
+        its fused finding boxes.
+    """
+    from ensemble_boxes import weighted_boxes_fusion
+    from tqdm.auto import tqdm
+
+    # ensemble_boxes calls exit() on a bad conf_type: check here and raise instead
+    conf_types = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+    if conf_type not in conf_types:
+        raise ValueError(f"conf_type must be one of {conf_types}, got {conf_type!r}")
+    if not 0.0 <= iou_thr <= 1.0:
+        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
+    ann = load_annotations(annotations)
+    meta = load_meta(meta)
+    class_ids = ann["class_id"].to_numpy()
+    is_finding = class_ids != NO_FINDING_ID
+    boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)  # NaN on No finding rows
+
+    hw = np.full((len(ann), 2), np.nan)
+    if is_finding.any():
+        hw[is_finding] = _image_sizes(ann.loc[is_finding, "image_id"], meta, "to normalise boxes")
+    outside = is_finding & ((boxes[:, 2] > hw[:, 1]) | (boxes[:, 3] > hw[:, 0]))
+    if outside.any():
+        pos = np.flatnonzero(outside)
+        example = ", ".join(
+            f"line {p + 2} image_id {ann['image_id'].iat[p]!r} box {boxes[p].tolist()} "
+            f"vs size (h={hw[p, 0]:g}, w={hw[p, 1]:g})"
+            for p in pos[:3]
+        )
+        if not clip:
+            raise AnnotationError(
+                f"{len(pos)} box(es) reach beyond their image ({example}); is the meta table "
+                "of the original DICOM sizes (not of resized PNGs)? Use clip=True to clip them."
+            )
+        boxes[:, [0, 2]] = np.minimum(boxes[:, [0, 2]], hw[:, [1]])
+        boxes[:, [1, 3]] = np.minimum(boxes[:, [1, 3]], hw[:, [0]])
+        empty = outside & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+        is_finding &= ~empty
+        warnings.warn(
+            f"clipped {len(pos)} box(es) to their image ({example}); "
+            f"{int(empty.sum())} of them had no area left and were dropped",
+            stacklevel=2,
+        )
+    scale = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1)  # (w, h, w, h)
+    norm = boxes / scale
+
+    image_codes, image_uniques = pd.factorize(ann["image_id"])
+    rad_ids = ann["rad_id"].to_numpy()
+    order = np.argsort(image_codes, kind="stable")  # row order kept within an image
+    starts = np.searchsorted(image_codes[order], np.arange(len(image_uniques) + 1))
+
+    out_ids, out_cls, out_boxes = [], [], []
+
+    def no_finding(image_id: str) -> None:
+        out_ids.append(image_id)
+        out_cls.append(np.array([NO_FINDING_ID]))
+        out_boxes.append(np.full((1, 4), np.nan))
+
+    for i, image_id in enumerate(tqdm(image_uniques, desc="fusing boxes (WBF)", unit="img")):
+        rows = order[starts[i] : starts[i + 1]]
+        rows_f = rows[is_finding[rows]]
+        if len(rows_f) == 0:
+            no_finding(image_id)
+            continue
+        rad_codes, _ = pd.factorize(rad_ids[rows])  # radiologists in order of appearance
+        boxes_list, scores_list, labels_list = [], [], []
+        for r in range(rad_codes.max() + 1):
+            sel = rows[(rad_codes == r) & is_finding[rows]]
+            boxes_list.append(norm[sel])
+            scores_list.append(np.ones(len(sel)))
+            labels_list.append(class_ids[sel])
+        fused, _scores, labels = weighted_boxes_fusion(
+            boxes_list,
+            scores_list,
+            labels_list,
+            iou_thr=iou_thr,
+            skip_box_thr=skip_box_thr,
+            conf_type=conf_type,
+        )
+        if len(labels) == 0:  # every box skipped (skip_box_thr > 1)
+            no_finding(image_id)
+            continue
+        labels = labels.astype(np.int64)
+        keep = np.argsort(labels, kind="stable")  # by class, WBF order within a class
+        h, w = hw[rows_f[0]]
+        out_ids.append(np.full(len(keep), image_id, dtype=object))
+        out_cls.append(labels[keep])
+        out_boxes.append(fused[keep] * np.array([w, h, w, h]))
+
+    cls = np.concatenate(out_cls).astype(np.int64)
+    ids = np.concatenate([np.atleast_1d(np.asarray(x, dtype=object)) for x in out_ids])
+    coords = np.concatenate(out_boxes).astype(np.float64)
+    result = pd.DataFrame(
+        {
+            "image_id": pd.Series(ids, dtype=object).astype(str),
+            "class_name": pd.Series(np.array(CLASS_NAMES, dtype=object)[cls]).astype(str),
+            "class_id": cls,
+            "rad_id": pd.Series([FUSED_RAD_ID] * len(cls), dtype=object).astype(str),
+        }
+    )
+    for k, col in enumerate(BOX_COLUMNS):
+        result[col] = coords[:, k]
+    return result[TRAIN_COLUMNS]
+
+
+# --------------------------------------------------------------------------- box spaces
+
+
+def _hw(size: int | tuple[int, int] | np.ndarray) -> np.ndarray:
+    """``512 -> (512, 512)``; ``(h, w)`` stays; also accepts an (N, 2) array."""
+    arr = np.asarray(size, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.array([arr, arr])
+    if arr.shape[-1] != 2 or np.any(arr <= 0):
+        raise ValueError(
+            f"size must be an int or a (height, width) pair of positive numbers, got {size}"
+        )
+    return arr
+
+
+def rescale_boxes(
+    boxes: np.ndarray,
+    from_hw: int | tuple[int, int] | np.ndarray,
+    to_hw: int | tuple[int, int] | np.ndarray,
+) -> np.ndarray:
+    """Scale ``[x_min, y_min, x_max, y_max]`` boxes from one image size to another.
+
+    x is scaled by ``to_w / from_w`` and y by ``to_h / from_h`` (per axis: a
+    3000x2500 DICOM squashed to 512x512 is scaled differently along x and y).
+    Sizes are ``(height, width)`` pairs, an int for a square, or ``(N, 2)``
+    arrays giving one size per box. NaN boxes stay NaN. Returns float64 (N, 4).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    src, dst = _hw(from_hw), _hw(to_hw)
+    src = np.broadcast_to(src, (len(boxes), 2)) if src.ndim == 1 else src
+    dst = np.broadcast_to(dst, (len(boxes), 2)) if dst.ndim == 1 else dst
+    # multiply first, then divide: keeps integer sizes exact and round trips within 1e-12
+    out = boxes.copy()
+    out[:, [0, 2]] = boxes[:, [0, 2]] * dst[:, [1]] / src[:, [1]]
+    out[:, [1, 3]] = boxes[:, [1, 3]] * dst[:, [0]] / src[:, [0]]
+    return out
+
+
+def _convert(df: pd.DataFrame, meta: pd.DataFrame, size, to_resized: bool) -> pd.DataFrame:
+    meta = load_meta(meta)
+    missing_cols = [c for c in ["image_id", *BOX_COLUMNS] if c not in df.columns]
+    if missing_cols:
+        raise AnnotationError(f"box table is missing column(s) {missing_cols}")
+    out = df.copy()
+    boxes = out[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)
+    has_box = ~np.isnan(boxes).any(axis=1)
+    if has_box.any():
+        original = _image_sizes(out.loc[has_box, "image_id"].astype(str), meta, "to rescale boxes")
+        resized = _hw(size)
+        src, dst = (original, resized) if to_resized else (resized, original)
+        boxes[has_box] = rescale_boxes(boxes[has_box], src, dst)
+    for k, col in enumerate(BOX_COLUMNS):
+        out[col] = boxes[:, k]
+    return out
+
+
+def boxes_to_resized(
+    df: pd.DataFrame, meta: pd.DataFrame | str | os.PathLike, size: int | tuple[int, int]
+) -> pd.DataFrame:
+    """Copy of ``df`` with boxes moved from original DICOM pixels to the resized image.
+
+    ``meta`` gives each image's original ``dim0`` (height) and ``dim1`` (width);
+    ``size`` is the resized image: an int for a square (the public "resized 512"
+    copies) or ``(height, width)``. Rows without a box (No finding) are left alone.
+    """
+    return _convert(df, meta, size, to_resized=True)
+
+
+def boxes_to_original(
+    df: pd.DataFrame, meta: pd.DataFrame | str | os.PathLike, size: int | tuple[int, int]
+) -> pd.DataFrame:
+    """Inverse of :func:`boxes_to_resized`: resized-image pixels back to DICOM pixels.
+
+    Use it on predictions before scoring or writing a submission, which are in
+    original pixels.
+    """
+    return _convert(df, meta, size, to_resized=False)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def image_class_sets(df: pd.DataFrame) -> pd.Series:
+    """Map each image id to the frozenset of its class ids (for stratified splits).
+
+    An image with any finding gets the set of its finding ids (a radiologist's
+    "No finding" on the same image is ignored, as in the fused table); an image
+    with no finding at all gets ``frozenset({14})``.
+    """
+    ids = df["image_id"].astype(str)
+    cls = df["class_id"].astype(np.int64)
+    sets = cls.groupby(ids, sort=False).agg(lambda s: frozenset(int(c) for c in s.unique()))
+
+    def drop_no_finding(s: frozenset) -> frozenset:
+        return s - {NO_FINDING_ID} if len(s) > 1 else s
+
+    result = sets.map(drop_no_finding)
+    result.index.name = "image_id"
+    result.name = "class_ids"
+    return result
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-class counts: rows (boxes, or No finding rows), images and radiologists.
+
+    One row per class id 0-14 (classes absent from ``df`` get zeros), with the
+    class name, so notebook 01 can print how imbalanced the labels are.
+    """
+    cls = df["class_id"].astype(np.int64)
+    groups = df.groupby(cls)
+    table = pd.DataFrame(
+        {
+            "rows": groups.size(),
+            "images": groups["image_id"].nunique(),
+            "radiologists": groups["rad_id"].nunique(),
+        }
+    )
+    table = table.reindex(range(NUM_CLASSES), fill_value=0).astype(np.int64)
+    table.insert(0, "class_name", list(CLASS_NAMES))
+    table.index.name = "class_id"
+    return table
+
+
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise IoU of two (N, 4) box arrays."""
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a + area_b - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def radiologist_agreement(df: pd.DataFrame, iou_thr: float = 0.4) -> pd.DataFrame:
+    """How much the radiologists agree, per finding class (use on the *raw* table).
+
+    Columns:
+
+    * ``boxes``: finding boxes of the class; ``images``: images with such a box.
+    * ``matched``: fraction of boxes that another radiologist confirmed with a
+      box of the same class on the same image at IoU >= ``iou_thr`` (the
+      competition's threshold), i.e. how often a second reader "agrees".
+    * ``mean_best_iou``: mean over boxes of the best IoU with another
+      radiologist's box of the same class and image (0 when there is none).
+    * ``mean_pair_iou``: mean IoU over all pairs of boxes of the class drawn on
+      one image by two different radiologists (NaN when no such pair exists).
+    * ``image_agreement``: among images where at least one radiologist marked
+      the class, the fraction where *every* radiologist of the image marked it.
+
+    Low values (typical for Nodule/Mass, Other lesion, Infiltration) mean noisy
+    labels: a model cannot beat the readers' own agreement by much. All pairs are
+    formed with one self-merge per (image, class), and IoUs computed in numpy.
+    """
+    ann = df[df["class_id"].astype(np.int64) != NO_FINDING_ID]
+    ann = ann.assign(
+        image_id=ann["image_id"].astype(str),
+        class_id=ann["class_id"].astype(np.int64),
+        rad_id=ann["rad_id"].astype(str),
+        box=np.arange(len(ann)),
+    )[["image_id", "class_id", "rad_id", "box", *BOX_COLUMNS]]
+    coords = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)
+    pairs = ann[["image_id", "class_id", "rad_id", "box"]].merge(
+        ann[["image_id", "class_id", "rad_id", "box"]],
+        on=["image_id", "class_id"],
+        suffixes=("", "_b"),
+    )
+    pairs = pairs[pairs["rad_id"].to_numpy() != pairs["rad_id_b"].to_numpy()]
+    a_idx, b_idx = pairs["box"].to_numpy(), pairs["box_b"].to_numpy()
+    iou = _pair_iou(coords[a_idx], coords[b_idx])
+
+    best = np.zeros(len(ann))
+    np.maximum.at(best, a_idx, iou)  # best IoU of each box with any other reader's box
+    per_box = pd.DataFrame({"class_id": ann["class_id"].to_numpy(), "best": best})
+    per_box["matched"] = best >= iou_thr
+    by_class = per_box.groupby("class_id")
+    pair_table = pd.DataFrame({"class_id": pairs["class_id"].to_numpy(), "iou": iou})
+
+    readers = df.assign(image_id=df["image_id"].astype(str)).groupby("image_id")["rad_id"].nunique()
+    marked = ann.groupby(["image_id", "class_id"])["rad_id"].nunique().reset_index(name="n")
+    marked["all"] = marked["n"].to_numpy() >= readers.reindex(marked["image_id"]).to_numpy()
+
+    table = pd.DataFrame(
+        {
+            "boxes": by_class.size(),
+            "images": ann.groupby("class_id")["image_id"].nunique(),
+            "matched": by_class["matched"].mean(),
+            "mean_best_iou": by_class["best"].mean(),
+            "mean_pair_iou": pair_table.groupby("class_id")["iou"].mean(),
+            "image_agreement": marked.groupby("class_id")["all"].mean(),
+        }
+    )
+    table.index = table.index.astype(np.int64)
+    table.index.name = "class_id"
+    table.insert(0, "class_name", [CLASS_NAMES[i] for i in table.index])
+    return table

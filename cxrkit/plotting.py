@@ -1,0 +1,420 @@
+"""Plots for the notebooks: boxes on X-rays, label statistics, PR curves, training curves.
+
+Every function draws on the ``ax`` (or ``axes``) it is given, or on a new figure,
+and returns what it drew on; none calls ``plt.show()``, so a notebook cell
+decides when to display and a script can save without a screen (Agg backend).
+Each class keeps one colour everywhere (:func:`cxrkit.labels.class_color`), so a
+reader learns to recognise "Cardiomegaly blue" from one figure to the next.
+
+Figures for the README and reports go through :func:`save_figure`, which writes
+``figures/NAME.png`` at the repository root atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import patches
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, class_color, class_name
+
+__all__ = [
+    "show_image",
+    "show_truth_vs_prediction",
+    "plot_class_counts",
+    "plot_box_stats",
+    "plot_pr_curves",
+    "plot_history",
+    "save_figure",
+    "find_figures_dir",
+]
+
+_NEUTRAL = "#ffd700"  # boxes drawn without a class
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 6)) -> Axes:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _new_axes_row(
+    axes: Sequence[Axes] | None, n: int, size: float = 5
+) -> tuple[Figure, list[Axes]]:
+    if axes is not None:
+        axes = list(np.ravel(axes))
+        if len(axes) != n:
+            raise ValueError(f"expected {n} axes, got {len(axes)}")
+        return axes[0].figure, axes
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """numpy view of a numpy array, list or (CPU/GPU) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _image_2d(image: Any) -> tuple[np.ndarray, str | None]:
+    """(H, W) gray or (H, W, 3) colour image for imshow, from HW, HWC or CHW input."""
+    img = _to_numpy(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)  # CHW tensor -> HWC
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[-1] == 3 and np.allclose(img[..., 0], img[..., 1]):
+        img = img[..., 0]  # a gray X-ray repeated in three channels for the model
+    if img.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W), (H, W, C) or (C, H, W) image, got shape {img.shape}")
+    return img, ("gray" if img.ndim == 2 else None)
+
+
+def _boxes(boxes: Any) -> np.ndarray:
+    if boxes is None:
+        return np.zeros((0, 4))
+    arr = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    return arr
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes: Any,
+    class_ids: Any = None,
+    scores: Any = None,
+    line_width: float = 2,
+    linestyle: str = "-",
+    label: bool = True,
+) -> list[patches.Rectangle]:
+    """Draw ``[x_min, y_min, x_max, y_max]`` boxes on ``ax``; returns the rectangles.
+
+    Boxes with NaN coordinates (the "No finding" rows of ``train.csv``) are
+    skipped. Labels read "Class name" or "Class name 0.87" when scores are given.
+    """
+    boxes = _boxes(boxes)
+    ids = None if class_ids is None else _to_numpy(class_ids).astype(np.int64).ravel()
+    sc = None if scores is None else _to_numpy(scores).astype(np.float64).ravel()
+    for name, values in (("class_ids", ids), ("scores", sc)):
+        if values is not None and len(values) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes but {len(values)} {name}")
+    drawn = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if not np.isfinite([x0, y0, x1, y1]).all():
+            continue
+        color = class_color(ids[i]) if ids is not None else _NEUTRAL
+        rect = patches.Rectangle(
+            (x0, y0),
+            x1 - x0,
+            y1 - y0,
+            fill=False,
+            edgecolor=color,
+            linewidth=line_width,
+            linestyle=linestyle,
+        )
+        ax.add_patch(rect)
+        drawn.append(rect)
+        text = class_name(ids[i]) if ids is not None else ""
+        if sc is not None:
+            text = f"{text} {sc[i]:.2f}".strip()
+        if label and text:
+            ax.text(
+                x0,
+                y0,
+                text,
+                color="black",
+                fontsize=8,
+                va="bottom",
+                ha="left",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+                clip_on=True,
+            )
+    return drawn
+
+
+def show_image(
+    image: Any,
+    boxes: Any = None,
+    class_ids: Any = None,
+    scores: Any = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    line_width: float = 2,
+    linestyle: str = "-",
+) -> Axes:
+    """Show a gray X-ray with its boxes, coloured and labelled by class.
+
+    ``image`` may be a uint8/float array (H, W), (H, W, 3) or a (C, H, W) tensor as
+    returned by :class:`cxrkit.data.XrayDataset`. ``boxes`` are in the pixels of
+    *this* image (resized boxes on a PNG, original boxes on a DICOM array); drawing
+    original boxes on a resized image is the classic bug this makes visible.
+    Returns the Axes.
+    """
+    ax = _new_axes(ax)
+    img, cmap = _image_2d(image)
+    ax.imshow(img, cmap=cmap)
+    draw_boxes(ax, boxes, class_ids, scores, line_width=line_width, linestyle=linestyle)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def show_truth_vs_prediction(
+    image: Any,
+    truth_boxes: Any,
+    truth_ids: Any,
+    pred_boxes: Any,
+    pred_ids: Any,
+    pred_scores: Any,
+    *,
+    score_thr: float = 0.0,
+    overlay: bool = False,
+    axes: Sequence[Axes] | Axes | None = None,
+    title: str | None = None,
+    line_width: float = 2,
+) -> Figure:
+    """Compare ground truth with predictions on one image.
+
+    Two panels (truth left, prediction right) by default; with ``overlay=True``
+    one panel with truth solid and predictions dashed. Predictions scoring below
+    ``score_thr`` are not drawn. Returns the Figure.
+    """
+    pb, pi, ps = _boxes(pred_boxes), _to_numpy(pred_ids).ravel(), _to_numpy(pred_scores).ravel()
+    keep = ps >= score_thr
+    pb, pi, ps = pb[keep], pi[keep], ps[keep]
+    n_truth = int(np.isfinite(_boxes(truth_boxes)).all(axis=1).sum())
+    if overlay:
+        if isinstance(axes, Axes):
+            ax = axes
+        else:
+            fig, (ax,) = _new_axes_row(axes, 1, size=7)
+        show_image(image, truth_boxes, truth_ids, ax=ax, line_width=line_width)
+        draw_boxes(ax, pb, pi, ps, line_width=line_width, linestyle="--")
+        ax.set_title(title or f"truth (solid, {n_truth}) vs prediction (dashed, {len(pb)})")
+        return ax.figure
+    fig, (left, right) = _new_axes_row(axes, 2, size=6)
+    show_image(
+        image,
+        truth_boxes,
+        truth_ids,
+        ax=left,
+        title=f"truth ({n_truth} boxes)",
+        line_width=line_width,
+    )
+    show_image(
+        image,
+        pb,
+        pi,
+        ps,
+        ax=right,
+        title=f"prediction ({len(pb)} boxes, score >= {score_thr:g})",
+        line_width=line_width,
+    )
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_class_counts(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Horizontal bars of rows (boxes) and images per class, on a log scale.
+
+    The log scale matters: "No finding" and "Aortic enlargement" outnumber
+    "Pneumothorax" by more than 30 to 1, which a linear axis would hide.
+    """
+    from cxrkit.annotations import summarize
+
+    table = summarize(df)
+    ax = _new_axes(ax, figsize=(8, 6))
+    y = np.arange(len(table))
+    colors = [class_color(i) for i in table.index]
+    ax.barh(y - 0.2, table["rows"], height=0.4, color=colors, label="rows (boxes)")
+    ax.barh(
+        y + 0.2,
+        table["images"],
+        height=0.4,
+        color=colors,
+        alpha=0.45,
+        hatch="//",
+        label="images",
+    )
+    ax.set_yticks(
+        y, [f"{i} {name}" for i, name in zip(table.index, table["class_name"], strict=True)]
+    )
+    ax.invert_yaxis()
+    if (table[["rows", "images"]].to_numpy() > 0).any():
+        ax.set_xscale("log")
+    ax.set_xlabel("count (log scale)")
+    ax.set_title("annotations per class")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_box_stats(
+    df: pd.DataFrame,
+    meta: pd.DataFrame,
+    axes: Sequence[Axes] | None = None,
+    bins: int = 32,
+) -> Figure:
+    """Box sizes and positions relative to their image, in three panels.
+
+    1. relative width vs height, one colour per class (big "Cardiomegaly" boxes,
+       tiny "Nodule/Mass" ones: anchor sizes must cover both);
+    2. histograms of relative width and height;
+    3. a heatmap of box centres (image coordinates, y down): findings sit in the
+       lungs and the mediastinum, so a flip left-right is a plausible augmentation
+       while a flip up-down is not.
+
+    ``meta`` gives the original ``dim0`` (height) and ``dim1`` (width) of each image.
+    """
+    from cxrkit.annotations import BOX_COLUMNS, _image_sizes, validate_meta
+
+    meta = validate_meta(meta)
+    boxes = df[df["class_id"].astype(np.int64) != NO_FINDING_ID].dropna(subset=BOX_COLUMNS)
+    hw = _image_sizes(boxes["image_id"].astype(str), meta, "to plot relative box sizes")
+    xy = boxes[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    rel_w = (xy[:, 2] - xy[:, 0]) / hw[:, 1]
+    rel_h = (xy[:, 3] - xy[:, 1]) / hw[:, 0]
+    cx = (xy[:, 0] + xy[:, 2]) / 2 / hw[:, 1]
+    cy = (xy[:, 1] + xy[:, 3]) / 2 / hw[:, 0]
+    cls = boxes["class_id"].to_numpy(dtype=np.int64)
+
+    fig, (ax_sc, ax_hist, ax_heat) = _new_axes_row(axes, 3, size=4.5)
+    for c in np.unique(cls):
+        sel = cls == c
+        ax_sc.scatter(
+            rel_w[sel], rel_h[sel], s=6, alpha=0.6, color=class_color(c), label=CLASS_NAMES[c]
+        )
+    ax_sc.set(
+        xlim=(0, 1), ylim=(0, 1), xlabel="width / image width", ylabel="height / image height"
+    )
+    ax_sc.set_title("box size")
+    if len(cls):
+        ax_sc.legend(fontsize=6, markerscale=2, loc="upper left")
+    edges = np.linspace(0, 1, bins + 1)
+    ax_hist.hist(rel_w, bins=edges, alpha=0.6, label="width")
+    ax_hist.hist(rel_h, bins=edges, alpha=0.6, label="height")
+    ax_hist.set(xlabel="fraction of the image side", ylabel="boxes", title="box width and height")
+    ax_hist.legend()
+    heat, _, _ = np.histogram2d(cy, cx, bins=[edges, edges])
+    im = ax_heat.imshow(heat, extent=(0, 1, 1, 0), cmap="magma", interpolation="nearest")
+    ax_heat.set(xlabel="x / width", ylabel="y / height", title=f"box centres ({len(cls)} boxes)")
+    fig.colorbar(im, ax=ax_heat, fraction=0.046, pad=0.04)
+    return fig
+
+
+def plot_pr_curves(
+    curves: Mapping[int, tuple[Any, Any]],
+    ap: Mapping[int, float] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Precision-recall curve per class, labelled with its average precision.
+
+    ``curves`` maps class id -> ``(recall, precision)`` arrays (as returned by
+    :func:`cxrkit.metrics.pr_curves`); ``ap`` maps class id -> AP. The title shows
+    the mean of the given APs (the competition's mAP when all 15 are there).
+    """
+    ax = _new_axes(ax, figsize=(7, 6))
+    ap = dict(ap or {})
+    for cid, (recall, precision) in sorted(curves.items()):
+        label = f"{cid} {class_name(cid)}"
+        if cid in ap and ap[cid] is not None and np.isfinite(ap[cid]):
+            label += f" (AP {ap[cid]:.3f})"
+        ax.plot(
+            _to_numpy(recall),
+            _to_numpy(precision),
+            color=class_color(cid),
+            lw=1.5,
+            label=label,
+            drawstyle="steps-post",
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    values = [v for v in ap.values() if v is not None and np.isfinite(v)]
+    ax.set_title(
+        title or (f"precision-recall, mAP {np.mean(values):.3f}" if values else "precision-recall")
+    )
+    if curves:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_history(
+    history: pd.DataFrame | Sequence[Mapping[str, Any]], axes: Sequence[Axes] | None = None
+) -> Figure:
+    """Training curves: every ``*loss*`` column on the left, every ``*map*``/``*ap*`` on the right.
+
+    ``history`` is one row per epoch (a DataFrame or a list of dicts, as written
+    by :func:`cxrkit.engine.fit`); the x axis is its ``epoch`` column if present.
+    Comparing train and validation loss shows over-fitting; the mAP panel shows
+    whether lower loss still buys better detections.
+    """
+    df = pd.DataFrame(history)
+    if df.empty:
+        raise ValueError("history is empty: nothing to plot")
+    x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(1, len(df) + 1)
+    loss_cols = [c for c in df.columns if "loss" in str(c).lower()]
+    map_cols = [c for c in df.columns if re.search(r"(^|_)m?ap($|_|@|\d)", str(c).lower())]
+    if not loss_cols and not map_cols:
+        raise ValueError(f"history has no loss or mAP column; columns are {list(df.columns)}")
+    fig, (ax_loss, ax_map) = _new_axes_row(axes, 2, size=5)
+    for col in loss_cols:
+        ax_loss.plot(x, df[col].to_numpy(dtype=float), marker="o", ms=3, label=str(col))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    for col in map_cols:
+        ax_map.plot(x, df[col].to_numpy(dtype=float), marker="o", ms=3, label=str(col))
+    ax_map.set(xlabel="epoch", ylabel="mAP", title="validation mAP")
+    for ax, cols in ((ax_loss, loss_cols), (ax_map, map_cols)):
+        ax.grid(alpha=0.3)
+        if cols:
+            ax.legend()
+    return fig
+
+
+def find_figures_dir(start: str | os.PathLike | None = None) -> Path:
+    """``figures/`` of the repository containing ``start`` (default: the current directory).
+
+    Walks up to the first folder holding ``pyproject.toml`` or a ``figures/``
+    folder, so a notebook run from ``notebooks/`` still saves to the top-level
+    ``figures/``; falls back to ``./figures``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() or (folder / "figures").is_dir():
+            return folder / "figures"
+    return here / "figures"
+
+
+def save_figure(fig: Figure | Axes, name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Save ``fig`` as ``FOLDER/NAME.png`` (dpi 100, tight bounding box) and return the path.
+
+    ``folder`` defaults to :func:`find_figures_dir`. The PNG is written to a
+    temporary file and renamed, so an interrupted run never leaves a broken image
+    that looks finished.
+    """
+    from cxrkit._atomic import atomic_path
+
+    if isinstance(fig, Axes):
+        fig = fig.figure
+    stem = name[:-4] if name.lower().endswith(".png") else name
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise ValueError(f"figure name must be a plain file name, got {name!r}")
+    path = Path(folder) if folder is not None else find_figures_dir()
+    path = path / f"{stem}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    return path

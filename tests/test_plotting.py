@@ -1,0 +1,183 @@
+"""Tests for cxrkit.plotting: every function draws the expected artists, headless (Agg)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from cxrkit.labels import class_color  # noqa: E402
+from cxrkit.plotting import (  # noqa: E402
+    find_figures_dir,
+    plot_box_stats,
+    plot_class_counts,
+    plot_history,
+    plot_pr_curves,
+    save_figure,
+    show_image,
+    show_truth_vs_prediction,
+)
+
+IMAGE = (np.arange(64 * 48) % 256).astype(np.uint8).reshape(64, 48)
+BOXES = np.array([[2, 3, 20, 30], [10, 10, 40, 60], [5, 5, 9, 9]], dtype=float)
+IDS = np.array([3, 0, 8])
+ANN = pd.DataFrame(
+    {
+        "image_id": ["a", "a", "a", "b", "c"],
+        "class_name": ["Cardiomegaly", "Cardiomegaly", "No finding", "No finding", "Nodule/Mass"],
+        "class_id": [3, 3, 14, 14, 8],
+        "rad_id": ["R1", "R2", "R3", "R1", "R2"],
+        "x_min": [10, 12, np.nan, np.nan, 5],
+        "y_min": [20, 22, np.nan, np.nan, 5],
+        "x_max": [110, 108, np.nan, np.nan, 15],
+        "y_max": [120, 118, np.nan, np.nan, 15],
+    }
+)
+META = pd.DataFrame({"image_id": ["a", "b", "c"], "dim0": [200, 300, 100], "dim1": [150, 300, 120]})
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def rectangles(ax: Axes) -> list[Rectangle]:
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_show_image_draws_one_rectangle_per_box():
+    ax = show_image(IMAGE, BOXES, IDS, scores=[0.9, 0.5, 0.25], title="demo")
+    assert isinstance(ax, Axes) and ax.get_title() == "demo"
+    rects = rectangles(ax)
+    assert len(rects) == 3
+    assert [to_hex(r.get_edgecolor()) for r in rects] == [class_color(i) for i in IDS]
+    assert (
+        rects[0].get_xy() == (2, 3) and rects[0].get_width() == 18 and rects[0].get_height() == 27
+    )
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["Cardiomegaly 0.90", "Aortic enlargement 0.50", "Nodule/Mass 0.25"]
+    assert ax.images[0].get_cmap().name == "gray"
+
+
+def test_show_image_uses_given_axes_and_accepts_tensors():
+    torch = pytest.importorskip("torch")
+    fig, ax = plt.subplots()
+    image = torch.from_numpy(np.stack([IMAGE] * 3) / 255.0).float()  # (3, H, W) like XrayDataset
+    out = show_image(image, torch.tensor(BOXES[:2]), torch.tensor(IDS[:2]), ax=ax)
+    assert out is ax and len(rectangles(ax)) == 2
+    assert ax.images[0].get_array().shape == (64, 48)
+
+
+def test_show_image_skips_no_finding_and_no_boxes():
+    ax = show_image(IMAGE, [[np.nan] * 4, [1, 1, 5, 5]], [14, 2])
+    assert len(rectangles(ax)) == 1 and [t.get_text() for t in ax.texts] == ["Calcification"]
+    assert len(rectangles(show_image(IMAGE))) == 0
+
+
+def test_show_image_length_mismatch():
+    with pytest.raises(ValueError, match="3 boxes but 2 class_ids"):
+        show_image(IMAGE, BOXES, IDS[:2])
+
+
+def test_truth_vs_prediction_two_panels():
+    fig = show_truth_vs_prediction(
+        IMAGE, BOXES[:2], IDS[:2], BOXES, IDS, np.array([0.9, 0.2, 0.6]), score_thr=0.5
+    )
+    assert isinstance(fig, Figure)
+    left, right = fig.axes[:2]
+    assert len(rectangles(left)) == 2 and len(rectangles(right)) == 2  # 0.2 dropped
+    assert "2 boxes" in right.get_title()
+
+
+def test_truth_vs_prediction_overlay_dashed():
+    fig = show_truth_vs_prediction(IMAGE, BOXES[:1], IDS[:1], BOXES, IDS, np.ones(3), overlay=True)
+    (ax,) = fig.axes
+    styles = [r.get_linestyle() for r in rectangles(ax)]
+    assert styles.count("-") == 1 and styles.count("--") == 3
+
+
+def test_plot_class_counts():
+    ax = plot_class_counts(ANN)
+    assert len(rectangles(ax)) == 30  # 15 classes x (rows, images)
+    widths = [r.get_width() for r in ax.containers[0]]
+    assert widths[3] == 2 and widths[14] == 2 and widths[8] == 1 and widths[0] == 0
+    assert ax.get_xscale() == "log"
+
+
+def test_plot_box_stats():
+    fig = plot_box_stats(ANN, META)
+    ax_sc, ax_hist, ax_heat = fig.axes[:3]
+    points = sum(len(c.get_offsets()) for c in ax_sc.collections)
+    assert points == 3  # finding boxes only
+    heat = ax_heat.images[0].get_array()
+    assert heat.sum() == 3 and heat.shape == (32, 32)
+    np.testing.assert_allclose(
+        sorted(ax_sc.collections[0].get_offsets()[:, 0]), [96 / 150, 100 / 150]
+    )
+
+
+def test_plot_box_stats_missing_meta():
+    with pytest.raises(ValueError, match=r"missing from the meta table.*\['c'\]"):
+        plot_box_stats(ANN, META.iloc[:2])
+
+
+def test_plot_pr_curves():
+    curves = {3: (np.array([0, 0.5, 1.0]), np.array([1.0, 0.8, 0.5])), 0: ([0, 1], [1, 1])}
+    ax = plot_pr_curves(curves, {3: 0.7, 0: 1.0})
+    assert len(ax.lines) == 2
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["0 Aortic enlargement (AP 1.000)", "3 Cardiomegaly (AP 0.700)"]
+    assert "mAP 0.850" in ax.get_title()
+
+
+def test_plot_history():
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [1.0, 0.7, 0.5],
+            "valid_loss": [1.1, 0.9, 0.8],
+            "map": [0.1, 0.2, 0.25],
+        }
+    )
+    fig = plot_history(history)
+    ax_loss, ax_map = fig.axes
+    assert len(ax_loss.lines) == 2 and len(ax_map.lines) == 1
+    np.testing.assert_array_equal(ax_map.lines[0].get_xdata(), [1, 2, 3])
+    with pytest.raises(ValueError, match="no loss or mAP column"):
+        plot_history(pd.DataFrame({"epoch": [1]}))
+
+
+def test_save_figure_writes_png(tmp_path):
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    path = save_figure(fig, "demo", folder=tmp_path / "figs")
+    assert path == tmp_path / "figs" / "demo.png"
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50
+    assert list((tmp_path / "figs").iterdir()) == [path]  # no temporary left behind
+    assert save_figure(ax, "demo.png", folder=tmp_path / "figs") == path
+
+
+def test_save_figure_default_folder(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert find_figures_dir() == tmp_path.resolve() / "figures"
+    fig, _ = plt.subplots(figsize=(1, 1))
+    assert save_figure(fig, "x").resolve() == tmp_path.resolve() / "figures" / "x.png"
+
+
+def test_save_figure_rejects_paths(tmp_path):
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError, match="plain file name"):
+        save_figure(fig, "../evil", folder=tmp_path)
