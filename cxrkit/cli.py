@@ -32,7 +32,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     fused = fuse_boxes(annotations, meta, iou_thr=args.iou)
     write_csv_atomic(fused, args.out_csv)
     n_images = fused["image_id"].nunique()
-    print(f"fused {len(annotations)} rows into {len(fused)} rows over {n_images} images -> {args.out_csv}")
+    print(
+        f"fused {len(annotations)} rows into {len(fused)} rows over {n_images} images -> {args.out_csv}"
+    )
     return 0
 
 
@@ -124,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--keep-aspect", action="store_true", help="longest side = size instead of square")
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+    )
+    p.add_argument(
+        "--keep-aspect", action="store_true", help="longest side = size instead of square"
+    )
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("train", help="train a Faster R-CNN on a preprocessed folder")
@@ -174,10 +180,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("cxrkit.data", "DatasetError"),
         ("cxrkit.paths", "DataNotFoundError"),
     ]:
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+        # A module that raised its error is already imported; never import torch just to
+        # report a bad CSV.
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            errors.append(getattr(loaded, name))
     return tuple(errors)
 
 

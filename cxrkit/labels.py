@@ -36,14 +36,39 @@ NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 # Share of each class among the boxes of the real train.csv (67,914 rows), used by
 # the sample generator so that the synthetic data is as imbalanced as the real one.
 REAL_ROW_COUNTS: dict[int, int] = {
-    0: 7162, 1: 279, 2: 960, 3: 5427, 4: 556, 5: 1000, 6: 1247, 7: 2483,
-    8: 2580, 9: 2203, 10: 2476, 11: 4842, 12: 226, 13: 4655, 14: 31818,
+    0: 7162,
+    1: 279,
+    2: 960,
+    3: 5427,
+    4: 556,
+    5: 1000,
+    6: 1247,
+    7: 2483,
+    8: 2580,
+    9: 2203,
+    10: 2476,
+    11: 4842,
+    12: 226,
+    13: 4655,
+    14: 31818,
 }
 
 # One distinct colour per class (tab20-like, colour-blind friendlier order).
 CLASS_COLORS: tuple[str, ...] = (
-    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
-    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000",
+    "#e6194b",
+    "#3cb44b",
+    "#ffe119",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#fabebe",
+    "#008080",
+    "#e6beff",
+    "#9a6324",
+    "#800000",
     "#808080",
 )
 
@@ -62,7 +87,9 @@ def class_id(name: str) -> int:
     try:
         return _NAME_TO_ID[name]
     except KeyError:
-        raise ValueError(f"unknown class name {name!r}; expected one of {list(CLASS_NAMES)}") from None
+        raise ValueError(
+            f"unknown class name {name!r}; expected one of {list(CLASS_NAMES)}"
+        ) from None
 
 
 def class_color(class_id: int) -> str:

@@ -108,4 +108,6 @@ def find_data(data_dir: str | os.PathLike | None = None) -> Path:
 
 def is_sample(data_dir: str | os.PathLike) -> bool:
     """True when ``data_dir`` is a generated sample (it carries ``test_labels.csv``)."""
-    return (Path(data_dir) / "test_labels.csv").is_file() and (Path(data_dir) / ".cxrkit-sample").is_file()
+    return (Path(data_dir) / "test_labels.csv").is_file() and (
+        Path(data_dir) / ".cxrkit-sample"
+    ).is_file()
