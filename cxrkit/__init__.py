@@ -9,7 +9,6 @@ torch when a model-related name is first used.
 'No finding'
 """
 
-from __future__ import annotations
 
 import importlib
 from typing import Any
