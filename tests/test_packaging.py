@@ -94,3 +94,10 @@ def test_ci_runs_the_readme_test_command():
         line.strip() for line in readme.splitlines() if line.strip().endswith(".venv/bin/pytest")
     )
     assert test_command in ci
+
+
+def test_from_import_gives_the_submodule():
+    """`from cxrkit import annotations` must be the module, not a `__future__` feature."""
+    code = "from cxrkit import annotations; print(annotations.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "cxrkit.annotations"
