@@ -257,9 +257,10 @@ def plot_class_counts(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.invert_yaxis()
     if (table[["rows", "images"]].to_numpy() > 0).any():
         ax.set_xscale("log")
+        ax.set_xlim(left=0.8)  # bars start below 1, so a class seen once is still visible
     ax.set_xlabel("count (log scale)")
     ax.set_title("annotations per class")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never hides a bar
     return ax
 
 

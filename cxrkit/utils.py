@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 
@@ -44,6 +45,8 @@ def setup_notebook(seed: int = 42, threads: int | None = None) -> None:
     import pandas as pd
 
     seed_everything(seed)
+    # Without ipywidgets, tqdm.auto warns once per kernel; the text bar it falls back to is fine.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     np.set_printoptions(precision=3, suppress=True, linewidth=100)
     pd.set_option("display.width", 120)
     pd.set_option("display.max_columns", 12)
