@@ -179,6 +179,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("cxrkit.models", "WeightsError"),
         ("cxrkit.data", "DatasetError"),
         ("cxrkit.paths", "DataNotFoundError"),
+        ("cxrkit.preprocess", "PreprocessError"),
     ]:
         # A module that raised its error is already imported; never import torch just to
         # report a bad CSV.

@@ -1,0 +1,464 @@
+"""Convert DICOMs once into small 8-bit PNGs plus a meta table (the "resized 512" layout).
+
+A VinBigData DICOM is about 3000 x 2500 pixels of 12-16 bit data (some JPEG 2000
+compressed); decoding one takes far longer than a training step needs. So we pay
+that cost once::
+
+    SRC/train/<image_id>.dicom  ->  OUT/train/<image_id>.png   (8-bit gray)
+    SRC/test/<image_id>.dicom   ->  OUT/test/<image_id>.png
+                                    OUT/train_meta.csv, OUT/test_meta.csv
+                                    (image_id, dim0 = original rows, dim1 = original columns)
+
+The meta tables are what let boxes travel between the two pixel spaces: the
+annotations and the submission live in *original* DICOM pixels, the model sees
+*resized* pixels (see :func:`cxrkit.annotations.rescale_boxes`).
+
+**Square or keep-aspect?** By default both sides become ``size`` (512 x 512),
+like the public "resized 512" copies that the seed notebook trained on. The
+image is squashed a little (VinBigData images are about 1.2 : 1), but then every
+axis scales independently with the meta table, and a batch stacks without
+padding. ``keep_aspect=True`` makes the *longest* side ``size`` and keeps the
+proportions (anatomy not squashed, fewer pixels wasted); the boxes still
+rescale per axis with the same meta table, so everything downstream works, but
+images in a batch differ in shape (torchvision's detectors accept lists).
+
+**Robust and resumable.** Images are converted by worker processes (all cores by
+default); every PNG is written to a temporary file and renamed into place, so no
+half-written PNG can ever carry the final name. After each image the parent
+process appends ``image_id,dim0,dim1`` to a journal (``OUT/.cxrkit-preprocess/``)
+and only images found in the journal *and* on disk (with a complete PNG trailer)
+are skipped on the next run. Kill the run at any moment, start it again, and you
+get exactly the files an uninterrupted run gives. A file that cannot be read is
+listed with its reason in ``OUT/errors.csv`` and in the summary; the others still
+convert, and it is retried on the next run.
+
+**Privacy.** Only pixels and the image size leave the DICOM: no patient tag is
+ever written (PNGs from OpenCV carry no text chunks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cxrkit._atomic import atomic_path, write_csv_atomic
+from cxrkit.paths import DataNotFoundError
+
+DICOM_SUFFIXES = (".dicom", ".dcm")
+STATE_DIR = ".cxrkit-preprocess"  # journal + settings, inside OUT
+FORMAT_VERSION = 1  # bump when the pixels we write change, so old folders are not trusted
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
+
+
+class PreprocessError(RuntimeError):
+    """The output folder cannot be used as asked (e.g. it holds another size)."""
+
+
+@dataclass
+class PreprocessReport:
+    """What one :func:`preprocess_dicoms` run did.
+
+    ``converted`` images were written now, ``skipped`` ones were already done by an
+    earlier run, ``failed`` lists ``(path, reason)`` for files that could not be
+    read (also in ``out/errors.csv``).
+    """
+
+    converted: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    out: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        """Conversion speed of this run (skipped images do not count)."""
+        return self.converted / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """A few readable lines for the command line and notebooks."""
+        lines = [
+            f"preprocess: {self.converted} converted, {self.skipped} already done, "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s "
+            f"({self.images_per_second:.1f} images/s) -> {self.out}"
+        ]
+        if self.failed:
+            lines.append(
+                f"  {len(self.failed)} file(s) could not be read (see {self.out}/errors.csv):"
+            )
+            for path, reason in self.failed[:10]:
+                lines.append(f"  - {path}: {reason}")
+            if len(self.failed) > 10:
+                lines.append(f"  ... and {len(self.failed) - 10} more")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def output_shape(rows: int, cols: int, size: int, keep_aspect: bool) -> tuple[int, int]:
+    """PNG ``(height, width)`` for an original ``rows x cols`` image.
+
+    Square by default; with ``keep_aspect`` the longest side becomes ``size``.
+
+    >>> output_shape(2880, 2453, 512, keep_aspect=False)
+    (512, 512)
+    >>> output_shape(2880, 2453, 512, keep_aspect=True)
+    (512, 436)
+    """
+    if not keep_aspect:
+        return size, size
+    scale = size / max(rows, cols)
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
+def convert_one(src: str, dst: str, size: int, keep_aspect: bool) -> tuple[int, int]:
+    """Convert one DICOM to a PNG (atomically); return its original ``(rows, cols)``.
+
+    Runs inside a worker process. Raises :class:`cxrkit.dicom.DicomReadError` (or
+    another exception) for a file that cannot be converted.
+    """
+    import cv2
+
+    from cxrkit.dicom import dicom_shape, read_xray
+
+    rows, cols = dicom_shape(src)
+    image = read_xray(src, size=output_shape(rows, cols, size, keep_aspect))
+    with atomic_path(dst) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"OpenCV could not write {tmp}")
+    return int(rows), int(cols)
+
+
+def _convert_task(task: tuple[str, str, str, int, bool]) -> tuple[str, int, int, str | None]:
+    """Worker entry point: never raises, returns ``(image_id, rows, cols, error)``."""
+    image_id, src, dst, size, keep_aspect = task
+    try:
+        rows, cols = convert_one(src, dst, size, keep_aspect)
+    except Exception as exc:  # a bad file must not stop the other thousands
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        return image_id, -1, -1, str(reason)
+    return image_id, rows, cols, None
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per worker process: the processes already use every core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def png_is_complete(path: Path) -> bool:
+    """Cheap check that ``path`` is a whole PNG: signature at the start, IEND at the end.
+
+    Our own PNGs cannot be truncated (atomic rename), but a folder copied by hand
+    or a crash of the whole machine could leave one; decoding every PNG on resume
+    would be slow, reading 20 bytes is not.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return False
+            f.seek(-len(_PNG_TRAILER), os.SEEK_END)
+            return f.read() == _PNG_TRAILER
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+class _Journal:
+    """Append-only ``image_id,dim0,dim1`` lines, one per finished image of a split.
+
+    A line is appended (and flushed to the OS) only after its PNG has been renamed
+    into place, so a line always means "this PNG is complete". A kill can lose at
+    most the last line (that image is simply redone) or leave half a line (ignored
+    when read). We ``fsync`` every few lines and at the end: losing lines to a power
+    cut only costs redoing work, never wrong output.
+    """
+
+    SYNC_EVERY = 64
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+        self._pending = 0
+
+    def read(self) -> dict[str, tuple[int, int]]:
+        done: dict[str, tuple[int, int]] = {}
+        if not self.path.is_file():
+            return done
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(",")
+            if len(parts) != 3:
+                continue  # a line cut short by a kill
+            try:
+                done[parts[0]] = (int(parts[1]), int(parts[2]))
+            except ValueError:
+                continue
+        return done
+
+    def append(self, image_id: str, rows: int, cols: int) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            # a previous kill may have left a partial last line: start on a fresh one
+            if self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+                self._file.write("\n")
+        self._file.write(f"{image_id},{rows},{cols}\n")
+        self._file.flush()
+        self._pending += 1
+        if self._pending >= self.SYNC_EVERY:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._file is not None and self._pending:
+            os.fsync(self._file.fileno())
+            self._pending = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def list_dicoms(folder: Path) -> list[Path]:
+    """``*.dicom`` / ``*.dcm`` files of a folder, sorted by name (hidden files skipped)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in DICOM_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _find_sources(src: Path, splits: Sequence[str]) -> dict[str, list[Path]]:
+    """The DICOMs of each split that exists under ``src``; a clear error if none."""
+    if not src.is_dir():
+        raise DataNotFoundError(f"DICOM folder {src} does not exist")
+    sources = {s: list_dicoms(src / s) for s in splits if (src / s).is_dir()}
+    if not sources:
+        found = sorted(p.name for p in src.iterdir())[:10]
+        raise DataNotFoundError(
+            f"{src} has no {' or '.join(f'{s}/' for s in splits)} folder of DICOMs "
+            f"(found {found}); expected the VinBigData layout SRC/train/*.dicom, SRC/test/*.dicom"
+        )
+    if not any(sources.values()):
+        raise DataNotFoundError(
+            f"no .dicom files in {', '.join(str(src / s) for s in sources)}: nothing to convert"
+        )
+    return sources
+
+
+def _check_settings(out: Path, size: int, keep_aspect: bool) -> None:
+    """Refuse to mix PNGs of different sizes in one folder; record the settings."""
+    settings = {"size": size, "keep_aspect": keep_aspect, "format_version": FORMAT_VERSION}
+    path = out / STATE_DIR / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != settings:
+            raise PreprocessError(
+                f"{out} was made with {old}, not {settings}: use another output folder "
+                f"(or delete this one) instead of mixing image sizes"
+            )
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings), encoding="utf-8")
+
+
+def _remove_stray_temp_files(folder: Path) -> int:
+    """Delete ``.<name>.*.tmp.png`` files left by a killed run (see ``atomic_path``)."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _chunksize(n_tasks: int, workers: int) -> int:
+    """Tasks per message to a worker: big enough to amortise the pickling, small
+    enough that every worker gets several chunks (good load balance, lively bar)."""
+    return max(1, min(16, n_tasks // (workers * 8)))
+
+
+def default_workers() -> int:
+    """The CPU cores this process may use (respects affinity / container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """Start workers from a clean process, never by ``fork`` of this one.
+
+    A forked child inherits the parent's locks but not its threads: if OpenCV's
+    (or BLAS's) thread pool was busy in the parent, for instance after a
+    ``workers=1`` run or a ``cv2.resize`` in a notebook, the child's first OpenCV
+    call waits forever on a lock nobody will release. ``forkserver`` (Linux,
+    macOS) forks from a fresh server process, started once per Python session;
+    Windows only has ``spawn``.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # The server imports these once (no OpenCV thread pool exists yet, so forking it is
+    # safe); each worker then starts in milliseconds instead of re-importing for a second.
+    ctx.set_forkserver_preload(["cxrkit.preprocess", "cxrkit.dicom", "cv2"])
+    return ctx
+
+
+def _run_tasks(
+    tasks: list[tuple[str, str, str, int, bool]], workers: int
+) -> Iterator[tuple[str, int, int, str | None]]:
+    """Convert ``tasks`` in-process (``workers == 1``) or in a process pool."""
+    if workers <= 1:
+        yield from map(_convert_task, tasks)
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_mp_context(), initializer=_init_worker
+    )
+    try:
+        yield from pool.map(_convert_task, tasks, chunksize=_chunksize(len(tasks), workers))
+    finally:  # on Ctrl-C, drop the queued work instead of finishing it first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def preprocess_dicoms(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    size: int = 512,
+    workers: int | None = None,
+    splits: Iterable[str] = ("train", "test"),
+    keep_aspect: bool = False,
+) -> PreprocessReport:
+    """Convert ``src/{train,test}/*.dicom`` to ``out/{train,test}/<id>.png`` + meta CSVs.
+
+    Args:
+        src: folder in the VinBigData layout (the competition data or the sample).
+        out: output folder (created); rerunning on it resumes where it stopped.
+        size: PNG side in pixels (square), or the longest side with ``keep_aspect``.
+        workers: worker processes; ``None`` uses all cores, ``1`` runs in this process.
+            Workers start from a fresh interpreter (see :func:`_mp_context`): in a
+            *script* of your own, call this under ``if __name__ == "__main__":``
+            (notebooks and ``python -m cxrkit`` need nothing).
+        splits: which sub-folders to convert (missing ones are skipped).
+        keep_aspect: keep the proportions instead of squashing to a square.
+
+    Returns:
+        a :class:`PreprocessReport`; unreadable files are in ``report.failed`` and
+        ``out/errors.csv``, and are left out of the meta tables.
+
+    Example::
+
+        report = preprocess_dicoms(find_data(), work_dir("preprocessed-512/vinbig"))
+        print(report.summary())
+    """
+    start = time.perf_counter()
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}")
+    sources = _find_sources(src, tuple(splits))
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, size, keep_aspect)
+    report = PreprocessReport(out=out)
+
+    journals = {s: _Journal(out / STATE_DIR / f"{s}.csv") for s in sources}
+    done = {s: journals[s].read() for s in sources}
+    tasks: list[tuple[str, str, str, int, bool]] = []
+    task_splits: list[str] = []  # the split of each task
+    for split_name, files in sources.items():
+        _remove_stray_temp_files(out / split_name)
+        for path in files:
+            image_id, png = path.stem, out / split_name / f"{path.stem}.png"
+            if image_id in done[split_name] and png_is_complete(png):
+                report.skipped += 1
+                continue
+            done[split_name].pop(image_id, None)  # journal says done but the PNG is not: redo
+            tasks.append((image_id, str(path), str(png), size, keep_aspect))
+            task_splits.append(split_name)
+
+    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = min(workers, max(1, len(tasks)))
+    try:
+        with tqdm(total=len(tasks), desc=f"DICOM -> PNG {size}px", unit="img") as bar:
+            for (image_id, rows, cols, error), task, split_name in zip(
+                _run_tasks(tasks, workers), tasks, task_splits, strict=True
+            ):
+                if error is None:
+                    journals[split_name].append(image_id, rows, cols)
+                    done[split_name][image_id] = (rows, cols)
+                    report.converted += 1
+                else:
+                    report.failed.append((task[1], error))
+                bar.update()
+    finally:
+        for journal in journals.values():
+            journal.close()
+
+    for split_name, files in sources.items():
+        ids = [p.stem for p in files if p.stem in done[split_name]]  # only converted images
+        meta = pd.DataFrame(
+            {
+                "image_id": ids,
+                "dim0": [done[split_name][i][0] for i in ids],
+                "dim1": [done[split_name][i][1] for i in ids],
+            }
+        )
+        write_csv_atomic(meta, out / f"{split_name}_meta.csv")
+    errors_csv = out / "errors.csv"
+    if report.failed:
+        write_csv_atomic(pd.DataFrame(report.failed, columns=["path", "reason"]), errors_csv)
+    else:
+        errors_csv.unlink(missing_ok=True)  # a rerun fixed (or removed) the bad files
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _folder_name(data_dir: Path) -> str:
+    """A readable, collision-free name for a data folder: ``<name>-<hash of its path>``."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{data_dir.name or 'data'}-{digest}"
+
+
+def ensure_preprocessed(
+    data_dir: str | os.PathLike | None = None, size: int = 512, workers: int | None = None
+) -> Path:
+    """The preprocessed copy of ``data_dir`` at ``size`` px, made on first call and reused.
+
+    It lives under ``cxrkit.paths.work_dir(f"preprocessed-{size}")/<name>-<hash>``
+    (``/kaggle/working/cxrkit/...`` on Kaggle, where the inputs are read-only).
+    Later calls only check the folder (a second or so) thanks to the journal.
+    ``data_dir=None`` uses :func:`cxrkit.paths.find_data` (the sample by default).
+    Unreadable files are reported with a warning, not an exception.
+    """
+    import warnings
+
+    from cxrkit.paths import find_data, work_dir
+
+    data = find_data(data_dir)
+    out = work_dir(f"preprocessed-{size}") / _folder_name(data)
+    report = preprocess_dicoms(data, out, size=size, workers=workers)
+    if report.converted or report.failed:
+        print(report.summary())
+    if report.failed:
+        warnings.warn(
+            f"{len(report.failed)} DICOM(s) could not be converted; see {out / 'errors.csv'}",
+            stacklevel=2,
+        )
+    return out
