@@ -437,7 +437,10 @@ def _folder_name(data_dir: Path) -> str:
 
 
 def ensure_preprocessed(
-    data_dir: str | os.PathLike | None = None, size: int = 512, workers: int | None = None
+    data_dir: str | os.PathLike | None = None,
+    size: int = 512,
+    workers: int | None = None,
+    verbose: bool = False,
 ) -> Path:
     """The preprocessed copy of ``data_dir`` at ``size`` px, made on first call and reused.
 
@@ -445,7 +448,9 @@ def ensure_preprocessed(
     (``/kaggle/working/cxrkit/...`` on Kaggle, where the inputs are read-only).
     Later calls only check the folder (a second or so) thanks to the journal.
     ``data_dir=None`` uses :func:`cxrkit.paths.find_data` (the sample by default).
-    Unreadable files are reported with a warning, not an exception.
+    Unreadable files are reported with a warning, not an exception. It prints
+    nothing unless ``verbose`` (the first and later calls then look the same in a
+    notebook, which keeps committed outputs reproducible).
     """
     import warnings
 
@@ -454,7 +459,7 @@ def ensure_preprocessed(
     data = find_data(data_dir)
     out = work_dir(f"preprocessed-{size}") / _folder_name(data)
     report = preprocess_dicoms(data, out, size=size, workers=workers)
-    if report.converted or report.failed:
+    if verbose and (report.converted or report.failed):
         print(report.summary())
     if report.failed:
         warnings.warn(
