@@ -39,9 +39,17 @@ def _as_tensors(prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor, tor
     if missing:
         raise KeyError(f"prediction dict lacks {missing}; expected keys {list(PER_BOX_KEYS)}")
     was_numpy = not isinstance(prediction["boxes"], torch.Tensor)
-    boxes = torch.as_tensor(prediction["boxes"], dtype=torch.float32).reshape(-1, 4)
-    scores = torch.as_tensor(prediction["scores"], dtype=torch.float32, device=boxes.device)
-    labels = torch.as_tensor(prediction["labels"], dtype=torch.int64, device=boxes.device)
+
+    def tensor(value, dtype: torch.dtype, device=None) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.to(dtype=dtype, device=device or value.device)
+        # np.array copies: pandas 3 hands out read-only arrays, which torch warns about.
+        numpy_dtype = np.float32 if dtype == torch.float32 else np.int64
+        return torch.from_numpy(np.array(value, dtype=numpy_dtype))
+
+    boxes = tensor(prediction["boxes"], torch.float32).reshape(-1, 4)
+    scores = tensor(prediction["scores"], torch.float32, boxes.device).to(boxes.device)
+    labels = tensor(prediction["labels"], torch.int64, boxes.device).to(boxes.device)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(
             f"prediction has {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels"

@@ -167,3 +167,22 @@ def test_bad_input_messages():
         apply_nms({"boxes": torch.zeros(0, 4)})
     with pytest.raises(ValueError, match="2 boxes, 1 scores"):
         apply_nms({"boxes": torch.zeros(2, 4), "scores": torch.zeros(1), "labels": torch.zeros(2)})
+
+
+def test_read_only_numpy_input_gives_no_warning():
+    """pandas 3 returns read-only arrays from to_numpy(); torch would warn on them."""
+    import warnings
+
+    import numpy as np
+
+    from cxrkit.postprocess import apply_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10]], dtype=np.float32)
+    boxes.flags.writeable = False
+    scores = np.array([0.9, 0.8], dtype=np.float32)
+    scores.flags.writeable = False
+    labels = np.array([1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = apply_nms({"boxes": boxes, "scores": scores, "labels": labels}, iou_thresh=0.3)
+    assert len(kept["boxes"]) == 1
