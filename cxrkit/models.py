@@ -1,0 +1,603 @@
+"""Faster R-CNN builders and checkpoints.
+
+Four detectors share one entry point, :func:`build_model`:
+
+================================== ===================================================
+``"fasterrcnn_resnet50_fpn"``      the seed's model: COCO weights, new box predictor
+``"fasterrcnn_resnet50_fpn_v2"``   the improved ResNet-50 recipe (better COCO mAP)
+``"fasterrcnn_mobilenet_v3_large_fpn"``  a lighter backbone, fine on a laptop GPU
+``"cxr_small"``                    a tiny detector trained from scratch on a CPU
+================================== ===================================================
+
+Where the weights come from (``weights=``):
+
+- ``"DEFAULT"``: torchvision downloads the COCO weights (needs the internet), then
+  the 91-class COCO box predictor is replaced by a new ``FastRCNNPredictor`` with
+  ``num_classes`` outputs: the transfer-learning recipe of the seed notebook.
+- ``None``: random initialisation, no download. Tests and the teaching notebooks
+  use this so they run anywhere; expect much lower accuracy from the ResNet models.
+- a path: a local ``.pth`` file, either a torchvision state_dict (for example the
+  COCO file ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`` attached to a Kaggle
+  notebook as a dataset, which is how Kaggle users work offline) or a cxrkit
+  checkpoint written by :func:`save_checkpoint`.
+
+Checkpoints are plain dicts (model, optimizer, scheduler, epoch, model name, class
+count, build options) saved atomically and always read with
+``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrkit._atomic import atomic_path
+from cxrkit.labels import MODEL_NUM_CLASSES
+
+MODEL_NAMES: tuple[str, ...] = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "cxr_small",
+)
+CHECKPOINT_FORMAT = "cxrkit-checkpoint"
+CHECKPOINT_VERSION = 1
+CXR_SMALL_SIZE = 256  # default input side of cxr_small, in pixels
+
+# Box sizes as fractions of the image side, one pair per feature level (strides 8, 16,
+# 32 and 64). See cxr_small's docstring for why.
+CXR_SMALL_ANCHOR_FRACTIONS: tuple[tuple[float, float], ...] = (
+    (0.04, 0.06),
+    (0.09, 0.13),
+    (0.18, 0.26),
+    (0.36, 0.52),
+)
+# torchvision's aspect ratio is height / width: < 1 is wide, > 1 is tall.
+CXR_SMALL_ASPECT_RATIOS: tuple[float, ...] = (0.4, 0.7, 1.0, 1.5, 2.5)
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be obtained (no internet, bad file, no such weights)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or belongs to another model or class count."""
+
+
+# --------------------------------------------------------------------------- cxr_small
+def _gn(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups: statistics per image, so batch 2 is as good as 64."""
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class _ConvGN(nn.Sequential):
+    """3x3 convolution -> GroupNorm -> ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            _gn(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class _ResBlock(nn.Module):
+    """A ResNet basic block with GroupNorm (two 3x3 convs and a shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _ConvGN(c_in, c_out, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), _gn(c_out))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _gn(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class CxrSmallBackbone(nn.Module):
+    """A slim ResNet-like feature extractor with an FPN on strides 8, 16 and 32.
+
+    Channels 24-32-48-64-96 keep it at about 0.7 M parameters (1.6 M with the box head), so it learns from a
+    few hundred images on a CPU. It returns the dict of feature maps that
+    ``FasterRCNN`` expects (keys ``"0"``, ``"1"``, ``"2"`` and ``"pool"``) and sets
+    ``out_channels``, the one attribute FasterRCNN reads from a backbone.
+    """
+
+    def __init__(self, width: int = 1, fpn_channels: int = 64) -> None:
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        c = [24 * width, 32 * width, 48 * width, 64 * width, 96 * width]
+        self.stem = nn.Sequential(_ConvGN(3, c[0], 2), _ConvGN(c[0], c[1], 2))  # stride 4
+        self.stage2 = nn.Sequential(_ResBlock(c[1], c[2], 2), _ResBlock(c[2], c[2]))  # 8
+        self.stage3 = nn.Sequential(_ResBlock(c[2], c[3], 2), _ResBlock(c[3], c[3]))  # 16
+        self.stage4 = nn.Sequential(_ResBlock(c[3], c[4], 2), _ResBlock(c[4], c[4]))  # 32
+        self.fpn = FeaturePyramidNetwork(
+            [c[2], c[3], c[4]], fpn_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        c2 = self.stem(x)
+        c3 = self.stage2(c2)
+        c4 = self.stage3(c3)
+        c5 = self.stage4(c4)
+        return self.fpn(OrderedDict([("0", c3), ("1", c4), ("2", c5)]))
+
+
+def _build_cxr_small(
+    num_classes: int, min_size: int | None, max_size: int | None, **kwargs: Any
+) -> nn.Module:
+    """The small from-scratch detector (see :func:`build_model` for the anchors)."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    size = int(min_size or CXR_SMALL_SIZE)
+    max_size = int(max_size or size)
+    backbone = CxrSmallBackbone(fpn_channels=int(kwargs.pop("fpn_channels", 64)))
+    sizes = tuple(
+        tuple(max(4, round(f * size)) for f in pair) for pair in CXR_SMALL_ANCHOR_FRACTIONS
+    )
+    anchors = AnchorGenerator(sizes, (CXR_SMALL_ASPECT_RATIOS,) * len(sizes))
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    representation = int(kwargs.pop("representation_size", 256))
+    box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation)
+    defaults: dict[str, Any] = {
+        # Gray X-rays: one mean/std for all three (identical) channels.
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25],
+        # Fewer proposals than the COCO defaults (2000/1000): at most a few findings
+        # per image, and the CPU time goes into the box head.
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 500,
+        "rpn_post_nms_top_n_test": 300,
+        "box_batch_size_per_image": 256,
+        "box_detections_per_img": 100,
+        "box_score_thresh": 0.01,
+    }
+    defaults.update(kwargs)
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        **defaults,
+    )
+
+
+# ----------------------------------------------------------------- torchvision models
+def _torchvision_builder(name: str):
+    from torchvision.models import detection
+
+    return getattr(detection, name)
+
+
+def _replace_predictor(model: nn.Module, num_classes: int) -> nn.Module:
+    """The seed's transfer-learning step: a new box predictor with ``num_classes`` outputs."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    return model
+
+
+def _to_pretrained_layout(model: nn.Module, name: str) -> nn.Module:
+    """Make a randomly built torchvision detector look like torchvision's pretrained one.
+
+    With COCO weights torchvision freezes BatchNorm (``FrozenBatchNorm2d``: fixed
+    statistics, right for batches of 2-8 images) and the first backbone layers
+    (``trainable_backbone_layers=3``). A model built with ``weights=None`` has plain
+    BatchNorm and trains every layer, so its state_dict keys differ
+    (``num_batches_tracked``). Loading a local COCO file needs the pretrained layout.
+    """
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    body = model.backbone.body
+    if name != "fasterrcnn_resnet50_fpn_v2":  # v2 keeps trainable BatchNorm
+        _freeze_batchnorm(body, FrozenBatchNorm2d)
+    if name.startswith("fasterrcnn_resnet50"):
+        frozen = [m for n, m in body.named_children() if n not in ("layer2", "layer3", "layer4")]
+    else:  # mobilenet: as torchvision's _mobilenet_extractor with trainable_layers=3
+        blocks = list(body.children())
+        stages = (
+            [0]
+            + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)]
+            + [len(blocks) - 1]
+        )
+        frozen = blocks[: stages[len(stages) - 3]]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def _freeze_batchnorm(module: nn.Module, frozen_cls: type[nn.Module]) -> None:
+    """Replace every BatchNorm2d under ``module`` by ``frozen_cls`` in place."""
+    for child_name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = frozen_cls(child.num_features, eps=child.eps)
+            setattr(module, child_name, frozen)
+        else:
+            _freeze_batchnorm(child, frozen_cls)
+
+
+def _build_torchvision(
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike | None,
+    min_size: int | None,
+    max_size: int | None,
+    **kwargs: Any,
+) -> nn.Module:
+    builder = _torchvision_builder(name)
+    if min_size is not None:
+        kwargs["min_size"] = int(min_size)
+    if max_size is not None:
+        kwargs["max_size"] = int(max_size)
+    if weights is None:
+        return builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    if isinstance(weights, str) and weights.upper() == "DEFAULT":
+        try:
+            model = builder(weights="DEFAULT", **kwargs)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise WeightsError(
+                f"could not download the COCO weights of {name} ({type(exc).__name__}: {exc}). "
+                "Offline (e.g. a Kaggle notebook without internet), attach a dataset that holds "
+                "the torchvision .pth file and pass its path as weights=..., or use weights=None "
+                "to train from random initialisation."
+            ) from exc
+        return _replace_predictor(model, num_classes)
+    return _build_from_file(name, num_classes, Path(weights), kwargs)
+
+
+def _build_from_file(name: str, num_classes: int, path: Path, kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``name`` and load a local state_dict or cxrkit checkpoint into it."""
+    state = _read_state_dict(path, expected_name=name)
+    file_classes = _classes_in_state(state, path)
+    if name == "cxr_small":
+        model = _build_cxr_small(
+            file_classes, kwargs.pop("min_size", None), kwargs.pop("max_size", None), **kwargs
+        )
+    else:
+        builder = _torchvision_builder(name)
+        model = builder(weights=None, weights_backbone=None, num_classes=file_classes, **kwargs)
+        if not any(k.endswith("num_batches_tracked") for k in state):
+            model = _to_pretrained_layout(model, name)
+    _check_state_matches(model, state, path, name)
+    model.load_state_dict(state)
+    if file_classes != num_classes:  # e.g. COCO (91) -> VinBigData (15): the seed's recipe
+        model = _replace_predictor(model, num_classes)
+    return model
+
+
+def build_model(
+    name: str = "fasterrcnn_resnet50_fpn",
+    num_classes: int = MODEL_NUM_CLASSES,
+    weights: str | os.PathLike | None = None,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a Faster R-CNN detector with ``num_classes`` outputs (background included).
+
+    Parameters
+    ----------
+    name:
+        One of :data:`MODEL_NAMES`.
+    num_classes:
+        15 for VinBigData: background + 14 findings (No finding is never a box).
+    weights:
+        ``"DEFAULT"`` (COCO, downloaded), ``None`` (random) or a local file; see the
+        module docstring. ``cxr_small`` has no published weights: ``None`` or a file.
+    min_size, max_size:
+        The resize done inside the model (``GeneralizedRCNNTransform``). torchvision
+        defaults to 800/1333, which upsamples a 512 px PNG; ``cxr_small`` defaults to
+        256/256.
+    kwargs:
+        Passed to ``torchvision.models.detection.FasterRCNN`` (e.g. ``box_score_thresh``).
+
+    **cxr_small** is a ~1.6 M-parameter Faster R-CNN (:class:`CxrSmallBackbone`:
+    GroupNorm instead of BatchNorm, because batch statistics over 2-4 images are
+    noise) that trains from scratch on two CPU cores in minutes at 256-384 px.
+    Its anchors are chosen for chest findings, as fractions of the image side so
+    that they follow ``min_size``:
+
+    - sizes 4 %-52 % of the side, two per FPN level (strides 8, 16, 32, 64): a
+      nodule is 3-8 % of the image width (8-20 px at 256 px), aortic enlargement
+      and pleural thickening 5-15 %, effusion and consolidation 15-35 %, and
+      cardiomegaly's box spans 35-55 % of the width (NIH box list; VinDr-CXR is
+      similar). Stride 8 is the finest level: at 256 px a 16 px nodule still
+      covers 2x2 cells, and skipping stride 4 halves the cost (use 384 px for
+      the smallest findings).
+    - aspect ratios (height / width) 0.4, 0.7, 1.0, 1.5, 2.5: wide boxes for
+      cardiomegaly (about 2:1 wide) and apical pleural thickening, tall ones for
+      pleural effusion along the costophrenic angle and lateral thickening, square
+      for nodules. COCO's (0.5, 1, 2) miss the 0.4 and 2.5 cases by more than the
+      0.7 IoU the RPN wants for a positive anchor.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+    if name == "cxr_small":
+        if isinstance(weights, str) and weights.upper() == "DEFAULT":
+            raise WeightsError(
+                "cxr_small has no published pretrained weights; use weights=None (train from "
+                "scratch) or the path of a cxrkit checkpoint"
+            )
+        if weights is None:
+            model = _build_cxr_small(num_classes, min_size, max_size, **kwargs)
+        else:
+            model = _build_from_file(
+                name,
+                num_classes,
+                Path(weights),
+                {"min_size": min_size, "max_size": max_size, **kwargs},
+            )
+    else:
+        model = _build_torchvision(name, num_classes, weights, min_size, max_size, **kwargs)
+    # Remember how the model was built, so a checkpoint can rebuild it (model_from_checkpoint).
+    if name == "cxr_small":  # store the sizes in effect, not None (the default may change)
+        min_size, max_size = model.transform.min_size[0], model.transform.max_size
+    model.cxrkit_config = {  # type: ignore[attr-defined]
+        "name": name,
+        "num_classes": int(num_classes),
+        "min_size": min_size,
+        "max_size": max_size,
+        "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
+    }
+    return model
+
+
+# --------------------------------------------------------------------------- checkpoints
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global RNG state as tensors and numbers (loadable with weights_only=True)."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    return {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, for exact resume."""
+    import random
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_rng_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import random
+
+    import numpy as np
+
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        keys = s["keys"].numpy().astype(np.uint32)
+        np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["gauss"]))  # noqa: NPY002
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    epoch: int = 0,
+    **extra: Any,
+) -> Path:
+    """Save a training checkpoint atomically (a crash never leaves half a file).
+
+    The dict holds ``model`` (state_dict), ``optimizer``, ``scheduler``, ``epoch``
+    (the number of epochs finished), ``model_name``, ``num_classes`` and the build
+    options (``model_config``) so :func:`model_from_checkpoint` can rebuild the
+    model, the RNG states (``rng``) and anything passed in ``extra`` (e.g. the best
+    validation mAP, the training arguments). Keep ``extra`` to plain Python types,
+    tensors and dicts of them: ``load_checkpoint`` reads with ``weights_only=True``.
+    """
+    bare = unwrap(model)
+    config = dict(getattr(bare, "cxrkit_config", {}) or {})
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": config.get("name"),
+        "num_classes": config.get("num_classes", _classes_in_state(bare.state_dict(), path)),
+        "model_config": config,
+        "model": bare.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "rng": rng_state(),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a broken or foreign file
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc)[:300]}); "
+            "the file is corrupt, truncated, or not a PyTorch state_dict/cxrkit checkpoint"
+        ) from exc
+
+
+def _read_state_dict(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The model state_dict inside a cxrkit checkpoint or a bare state_dict file."""
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        name = obj.get("model_name")
+        if expected_name is not None and name is not None and name != expected_name:
+            raise CheckpointError(
+                f"checkpoint {path} holds a {name!r} model, not {expected_name!r}; build "
+                f"{name!r} or use model_from_checkpoint({str(path)!r})"
+            )
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]  # torchvision references' checkpoints: {"model": ..., "optimizer": ...}
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no model state_dict (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def _classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state:
+        raise CheckpointError(
+            f"{path} is not a Faster R-CNN state_dict (no {key!r}); first keys: {list(state)[:3]}"
+        )
+    return int(state[key].shape[0])
+
+
+def _check_state_matches(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Any, what: str
+) -> None:
+    """Raise CheckpointError naming the first mismatches instead of PyTorch's wall of text."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:2]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:2]}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {what} model: " + "; ".join(parts)
+        )
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint (``weights_only=True``) and optionally load it into ``model``.
+
+    Returns the checkpoint dict; the caller restores the optimizer and scheduler
+    from ``ckpt["optimizer"]`` / ``ckpt["scheduler"]`` (see :func:`cxrkit.engine.fit`).
+    Before touching ``model`` it checks the model name, the class count and every
+    tensor shape, and raises :class:`CheckpointError` with a readable reason.
+    A bare state_dict file is accepted too (wrapped as ``{"model": state}``).
+    """
+    path = Path(path)
+    obj = _torch_load(path, map_location)
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        ckpt = dict(obj)
+    else:
+        ckpt = {"model": _read_state_dict(path), "model_name": None, "epoch": 0}
+        ckpt["num_classes"] = _classes_in_state(ckpt["model"], path)
+    if model is not None:
+        bare = unwrap(model)
+        config = getattr(bare, "cxrkit_config", {}) or {}
+        name, file_name = config.get("name"), ckpt.get("model_name")
+        if name and file_name and name != file_name:
+            raise CheckpointError(
+                f"checkpoint {path} holds a {file_name!r} model but the model is {name!r}; "
+                f"build {file_name!r} or use model_from_checkpoint"
+            )
+        own_classes = _classes_in_state(bare.state_dict(), "the model")
+        file_classes = int(ckpt.get("num_classes") or _classes_in_state(ckpt["model"], path))
+        if own_classes != file_classes:
+            raise CheckpointError(
+                f"checkpoint {path} was trained for {file_classes} classes but the model has "
+                f"{own_classes}; build the model with num_classes={file_classes}"
+            )
+        _check_state_matches(bare, ckpt["model"], path, repr(name or type(bare).__name__))
+        bare.load_state_dict(ckpt["model"])
+    return ckpt
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+    """Rebuild the model a cxrkit checkpoint was saved from and load its weights.
+
+    Uses the stored name, class count and build options (input size, ...), so
+    ``predict`` needs nothing but the file. No download happens (``weights=None``
+    for the architecture, then the checkpoint's weights).
+    """
+    path = Path(path)
+    ckpt = _torch_load(path, map_location)
+    if not (isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(
+            f"{path} is not a cxrkit checkpoint (no model name stored); build the model with "
+            "build_model(name, weights=path) instead"
+        )
+    config = dict(ckpt.get("model_config") or {})
+    name = ckpt.get("model_name") or config.get("name")
+    if name not in MODEL_NAMES:
+        raise CheckpointError(f"checkpoint {path} names an unknown model {name!r}")
+    model = build_model(
+        name,
+        num_classes=int(ckpt["num_classes"]),
+        weights=None,
+        min_size=config.get("min_size"),
+        max_size=config.get("max_size"),
+        **dict(config.get("kwargs") or {}),
+    )
+    state = ckpt["model"]
+    if name != "cxr_small" and not any(k.endswith("num_batches_tracked") for k in state):
+        model = _to_pretrained_layout(model, name)  # trained from COCO: FrozenBatchNorm
+    _check_state_matches(model, state, path, repr(name))
+    model.load_state_dict(state)
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters: ``cxr_small`` has about half a million."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

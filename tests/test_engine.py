@@ -1,0 +1,275 @@
+"""Training loop, evaluation, prediction, exact resume and the train/predict commands."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxrkit.engine import (
+    Averager,
+    evaluate,
+    fit,
+    predict,
+    predict_to_submission,
+    predictions_to_frame,
+    train_from_folder,
+    train_one_epoch,
+)
+from cxrkit.models import CheckpointError, build_model
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------------------ helpers
+class _ToyLossModel(nn.Module):
+    """Returns a loss dict like a detector in train mode; NaN after ``nan_at`` calls."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(3.0))
+        self.calls, self.nan_at = 0, nan_at
+
+    def forward(self, images, targets=None):
+        self.calls += 1
+        bad = self.nan_at is not None and self.calls > self.nan_at
+        a = (self.w - 1) ** 2 * (float("nan") if bad else 1.0)
+        return {"loss_a": a, "loss_b": 0.5 * a.detach() + 0 * self.w}
+
+
+def _toy_batches(n: int = 4):
+    img = torch.zeros(3, 8, 8)
+    return [((img,), ({"boxes": torch.zeros((0, 4))},), (f"id{i}",)) for i in range(n)]
+
+
+class _Oracle(nn.Module):
+    """A 'detector' that looks up the true boxes of an image by its pixel sum."""
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.table = {}
+        for image, target, _ in dataset:
+            self.table[round(float(image.sum()), 1)] = target
+
+    def forward(self, images, targets=None):
+        outs = []
+        for img in images:
+            t = self.table[round(float(img.sum()), 1)]
+            n = len(t["boxes"])
+            outs.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(n)})
+        return outs
+
+
+@pytest.fixture(scope="module")
+def fused(sample_data, preprocessed):
+    """The small sample's train.csv fused per image (one truth set), original pixels."""
+    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+
+    meta = load_meta(preprocessed / "train_meta.csv")
+    return fuse_boxes(load_annotations(sample_data / "train.csv"), meta)
+
+
+def _loaders(fused, preprocessed, size=128, batch_size=4, seed=0):
+    from cxrkit.data import XrayDataset, collate_fn, split
+    from cxrkit.transforms import train_transforms, valid_transforms
+
+    train_ids, valid_ids = split(fused, valid_fraction=0.25, seed=seed)
+    ids = fused["image_id"]
+    train_ds = XrayDataset(
+        fused[ids.isin(train_ids)], preprocessed / "train", train_transforms(size, seed=seed)
+    )
+    valid_ds = XrayDataset(
+        fused[ids.isin(valid_ids)], preprocessed / "train", valid_transforms(size)
+    )
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_ds, batch_size, shuffle=True, collate_fn=collate_fn, generator=g)
+    valid = DataLoader(valid_ds, batch_size, shuffle=False, collate_fn=collate_fn)
+    return train, valid
+
+
+def _small_model(size=128):
+    torch.manual_seed(0)
+    return build_model("cxr_small", min_size=size, max_size=size)
+
+
+# -------------------------------------------------------------------------- tests
+def test_averager_is_a_running_mean():
+    avg = Averager()
+    assert avg.value == 0
+    for v in (1.0, 2.0, 6.0):
+        avg.send(v)
+    assert avg.value == pytest.approx(3.0)
+    avg.reset()
+    assert avg.value == 0 and avg.iterations == 0
+
+
+def test_train_one_epoch_returns_mean_losses_and_warms_up():
+    model = _ToyLossModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = train_one_epoch(model, opt, _toy_batches(4), CPU, epoch=1, warmup_iters=3)
+    assert set(out) == {"loss", "loss_a", "loss_b"}
+    assert out["loss"] == pytest.approx(out["loss_a"] + out["loss_b"])
+    assert model.w.item() < 3.0  # it learned
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # back to the full rate
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    model = _ToyLossModel(nan_at=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(FloatingPointError) as info:
+        train_one_epoch(model, opt, _toy_batches(4), CPU, epoch=7)
+    msg = str(info.value)
+    assert "epoch 7" in msg and "iteration 2" in msg and "loss_a" in msg and "id2" in msg
+
+
+def test_predictions_are_mapped_back_to_original_pixels():
+    out = {
+        "boxes": torch.tensor([[16.0, 32.0, 64.0, 128.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([4]),
+    }
+    meta = pd.DataFrame({"image_id": ["a"], "dim0": [1024], "dim1": [512]})  # rows, cols
+    table = predictions_to_frame([out], ["a"], [(256, 256)], meta)
+    row = table.iloc[0]
+    assert row["class_id"] == 3  # label 4 -> Cardiomegaly
+    assert [row.x_min, row.y_min, row.x_max, row.y_max] == [32.0, 128.0, 128.0, 512.0]
+
+
+def test_flip_tta_maps_flipped_boxes_back():
+    class Bright(nn.Module):  # predicts a box around the bright square, wherever it is
+        def forward(self, images):
+            outs = []
+            for img in images:
+                ys, xs = torch.nonzero(img[0] > 0.5, as_tuple=True)
+                box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+                outs.append(
+                    {"boxes": box[None], "scores": torch.tensor([0.8]), "labels": torch.tensor([1])}
+                )
+            return outs
+
+    img = torch.zeros(3, 32, 64)
+    img[:, 4:10, 6:20] = 1.0  # on the left: the flipped image has it on the right
+    dataset = [(img, "x", (32, 64))]
+    meta = pd.DataFrame({"image_id": ["x"], "dim0": [32], "dim1": [64]})
+    plain = predict(Bright(), dataset, CPU, meta, tta=False)
+    tta = predict(Bright(), dataset, CPU, meta, tta=True)
+    box = ["x_min", "y_min", "x_max", "y_max"]
+    assert plain[box].to_numpy().tolist() == [[6.0, 4.0, 20.0, 10.0]]
+    np.testing.assert_allclose(tta[box].to_numpy(), plain[box].to_numpy(), atol=1e-3)
+
+
+def test_evaluate_scores_a_perfect_model_at_one(fused, preprocessed):
+    """Boxes go PNG -> original pixels correctly (non-square originals) and No finding counts."""
+    _, valid = _loaders(fused, preprocessed, size=160)
+    result = evaluate(_Oracle(valid.dataset), valid, CPU, fused, preprocessed / "train_meta.csv")
+    assert result["map"] > 0.99, result["ap"]
+    assert 14 in result["ap"] or not (fused["class_id"] == 14).any()
+
+
+def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
+    """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
+    kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
+    train, valid = _loaders(fused, preprocessed)
+    straight = _small_model()
+    result = fit(straight, train, valid, tmp_path / "a", 2, CPU, **kw)
+    assert result.epochs_done == 2
+
+    train, valid = _loaders(fused, preprocessed)
+    fit(_small_model(), train, valid, tmp_path / "b", 1, CPU, **kw)  # "interrupted"
+    torch.manual_seed(123)  # the resumed process starts from other random numbers
+    train, valid = _loaders(fused, preprocessed)
+    resumed = build_model("cxr_small", min_size=128, max_size=128)
+    again = fit(resumed, train, valid, tmp_path / "b", 2, CPU, resume=True, **kw)
+    assert again.epochs_done == 2
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+    history = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert {"loss", "lr", "val_map", "seconds", "loss_classifier"} <= set(history.columns)
+    best = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
+
+
+def test_train_predict_evaluate_commands(sample_data, preprocessed, tmp_path, capsys):
+    """The CLI path end to end on the tiny sample (1 short epoch)."""
+    from cxrkit.cli import main
+    from cxrkit.submission import read_submission
+
+    run = tmp_path / "run"
+    assert main([
+        "train", str(preprocessed), str(sample_data / "train.csv"), "--out", str(run),
+        "--epochs", "1", "--batch-size", "4",
+    ]) == 0  # fmt: skip
+    assert {"last.pt", "best.pt", "history.csv"} <= {p.name for p in run.iterdir()}
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", str(run / "best.pt"), str(preprocessed), "--out", str(sub)]) == 0
+    test_ids = set(pd.read_csv(preprocessed / "test_meta.csv")["image_id"])
+    assert set(read_submission(sub)["image_id"]) == test_ids
+    assert main(["evaluate", str(sub), str(sample_data / "test_labels.csv")]) == 0
+    assert "mAP@0.4" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_clearly(preprocessed, tmp_path, capsys):
+    from cxrkit.annotations import TRAIN_COLUMNS, AnnotationError
+    from cxrkit.cli import main
+
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame(columns=TRAIN_COLUMNS).to_csv(empty, index=False)
+    with pytest.raises(AnnotationError):
+        train_from_folder(preprocessed, empty, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        predict_to_submission(tmp_path / "missing.pt", preprocessed, tmp_path / "s.csv")
+    assert main(["predict", str(tmp_path / "missing.pt"), str(preprocessed), "--out", "x.csv"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="preprocessed folder"):
+        train_from_folder(tmp_path, empty, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_training_beats_an_untrained_model(tmp_path):
+    """~3 min of CPU (1 thread): a from-scratch cxr_small clearly learns the sample's findings."""
+    from cxrkit.preprocess import preprocess_dicoms
+    from cxrkit.sample import generate_sample
+
+    raw = generate_sample(tmp_path / "raw", seed=5, n_train=96, n_test=32, progress=False)
+    pre = tmp_path / "pre"
+    assert not preprocess_dicoms(raw, pre, size=256, workers=1).failed
+    result = train_from_folder(
+        pre, raw / "train.csv", tmp_path / "run", epochs=14, batch_size=4, size=256, seed=0
+    )
+    history = result.history
+    untrained = _untrained_map(pre, raw)
+    sub = tmp_path / "sub.csv"
+    predict_to_submission(result.best, pre, sub)
+    trained = _score(sub, raw / "test_labels.csv")
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert trained > 3 * untrained and trained > untrained + 0.05, (trained, untrained)
+
+
+def _untrained_map(pre, raw) -> float:
+    from cxrkit.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("cxr_small", min_size=256, max_size=256)
+    path = save_checkpoint(pre.parent / "untrained.pt", model, size=256)
+    sub = pre.parent / "untrained.csv"
+    predict_to_submission(path, pre, sub)
+    return _score(sub, raw / "test_labels.csv")
+
+
+def _score(sub, truth_csv) -> float:
+    from cxrkit.annotations import load_annotations
+    from cxrkit.metrics import vinbigdata_map
+    from cxrkit.submission import parse_submission, read_submission
+
+    score = vinbigdata_map(parse_submission(read_submission(sub)), load_annotations(truth_csv)).map
+    assert math.isfinite(score)
+    return score
