@@ -9,7 +9,6 @@ torch when a model-related name is first used.
 'No finding'
 """
 
-
 import importlib
 from typing import Any
 
@@ -65,11 +64,17 @@ _API: dict[str, str] = {
     "build_model": "models",
     "MODEL_NAMES": "models",
     "load_checkpoint": "models",
+    "save_checkpoint": "models",
+    "model_from_checkpoint": "models",
+    "CheckpointError": "models",
+    "WeightsError": "models",
     "Averager": "engine",
     "train_one_epoch": "engine",
     "evaluate": "engine",
     "fit": "engine",
     "predict": "engine",
+    "train_from_folder": "engine",
+    "predict_to_submission": "engine",
     # post-processing, metric, submission
     "apply_nms": "postprocess",
     "classwise_nms": "postprocess",

@@ -65,6 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.workers,
         max_minutes=args.max_minutes,
+        size=args.size,
     )
     print(result)
     return 0
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+    p.add_argument(
+        "--size", type=int, default=None, help="training image size (default: per model)"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="predict a split and write a submission CSV")
