@@ -294,13 +294,22 @@ def test_ensure_preprocessed_makes_once_and_reuses(src, tmp_path, monkeypatch, c
     monkeypatch.setenv("CXRKIT_WORK", str(tmp_path / "work"))
     shutil.copy(src / "train" / "tr0.dicom", src / "train" / "tr0.dicom.bak")  # ignored suffix
     (src / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n")
-    out = ensure_preprocessed(src, size=32, workers=1)
+    out = ensure_preprocessed(src, size=32, workers=1, verbose=True)
     assert out.parent == tmp_path / "work" / "preprocessed-32"
     assert len(list((out / "train").glob("*.png"))) == 5
     assert "7 converted" in capsys.readouterr().out
     mtime = (out / "train" / "tr0.png").stat().st_mtime_ns
-    assert ensure_preprocessed(src, size=32, workers=1) == out
+    assert ensure_preprocessed(src, size=32, workers=1, verbose=True) == out
     assert (out / "train" / "tr0.png").stat().st_mtime_ns == mtime  # reused, not redone
+    assert capsys.readouterr().out == ""  # nothing converted: nothing to say
+
+
+def test_ensure_preprocessed_is_silent_by_default(src, tmp_path, monkeypatch, capsys):
+    """Notebooks call it: first and later calls must print the same (nothing)."""
+    monkeypatch.setenv("CXRKIT_WORK", str(tmp_path / "work"))
+    (src / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n")
+    out = ensure_preprocessed(src, size=32, workers=1)
+    assert len(list((out / "train").glob("*.png"))) == 5
     assert capsys.readouterr().out == ""
 
 
