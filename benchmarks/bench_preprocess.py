@@ -186,7 +186,7 @@ def bench_train_step(size: int, steps: int, model_name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=16, help="number of DICOMs")
+    parser.add_argument("--n", type=int, default=48, help="number of DICOMs")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")
     parser.add_argument("--passes", type=int, default=2, help="timed DataLoader passes")

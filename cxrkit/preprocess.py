@@ -328,7 +328,16 @@ def _run_tasks(
 ) -> Iterator[tuple[str, int, int, str | None]]:
     """Convert ``tasks`` in-process (``workers == 1``) or in a process pool."""
     if workers <= 1:
-        yield from map(_convert_task, tasks)
+        # One worker means one core: keep OpenCV from spreading the resize over the
+        # others, as each pool worker does (so "per worker" rates compare honestly).
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            yield from map(_convert_task, tasks)
+        finally:
+            cv2.setNumThreads(threads)
         return
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=_mp_context(), initializer=_init_worker
