@@ -58,6 +58,7 @@ from pydicom.uid import (
 from tqdm.auto import tqdm
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
+from cxrkit.annotations import TRAIN_COLUMNS  # the competition's train.csv columns
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_FINDINGS, REAL_ROW_COUNTS
 
 __all__ = [
@@ -71,16 +72,6 @@ __all__ = [
     "render_case",
 ]
 
-TRAIN_COLUMNS: list[str] = [
-    "image_id",
-    "class_name",
-    "class_id",
-    "rad_id",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-]
 MARKER_NAME = ".cxrkit-sample"
 # test_labels.csv holds one exact box per finding (what was drawn), like a fused table.
 TEST_TRUTH_RAD_ID = "wbf"
