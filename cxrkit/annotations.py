@@ -361,7 +361,7 @@ def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
     the file name without its extension. Unreadable files are collected and
     reported together in one :class:`AnnotationError`.
     """
-    from tqdm.auto import tqdm
+    from cxrkit._progress import tqdm
 
     folder = Path(dicom_dir)
     if not folder.is_dir():
@@ -473,7 +473,8 @@ def fuse_boxes(
         its fused finding boxes.
     """
     from ensemble_boxes import weighted_boxes_fusion
-    from tqdm.auto import tqdm
+
+    from cxrkit._progress import tqdm
 
     # ensemble_boxes calls exit() on a bad conf_type: check here and raise instead
     conf_types = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")

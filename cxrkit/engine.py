@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from cxrkit._progress import tqdm
 from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID
 from cxrkit.models import load_checkpoint, save_checkpoint, unwrap
 

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
+from cxrkit._progress import tqdm
 from cxrkit.paths import DataNotFoundError
 
 DICOM_SUFFIXES = (".dicom", ".dcm")

@@ -55,9 +55,9 @@ from pydicom.uid import (
     JPEG2000Lossless,
     RLELossless,
 )
-from tqdm.auto import tqdm
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
+from cxrkit._progress import tqdm
 from cxrkit.annotations import TRAIN_COLUMNS  # the competition's train.csv columns
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_FINDINGS, REAL_ROW_COUNTS
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 
 import numpy as np
 
@@ -38,15 +37,13 @@ def try_gpu(index: int = 0):
 
 
 def setup_notebook(seed: int = 42, threads: int | None = None) -> None:
-    """One call at the top of every notebook: seeds, print widths, quiet warnings.
+    """One call at the top of every notebook: seeds, print widths, figure resolution.
 
     Keeps outputs short and identical between runs, so nbval can compare them.
     """
     import pandas as pd
 
     seed_everything(seed)
-    # Without ipywidgets, tqdm.auto warns once per kernel; the text bar it falls back to is fine.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     np.set_printoptions(precision=3, suppress=True, linewidth=100)
     pd.set_option("display.width", 120)
     pd.set_option("display.max_columns", 12)

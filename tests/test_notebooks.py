@@ -1,0 +1,136 @@
+"""Checks on the committed notebooks that nbval alone does not make.
+
+nbval compares each cell's new output with the committed one after the
+sanitizer (``notebooks/sanitize.cfg``) has rewritten both. Anything that
+depends on the machine (the path of the Python environment, a warning that
+only some installs print) must therefore never reach a compared output, or CI
+on another machine fails although the code is right.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_FILES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+IGNORE_MARKERS = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP")
+# An absolute path: a slash not after a word character, then two or more path parts.
+PRINTED_WARNING = re.compile(r"\.py:\d+: \w*Warning\b")  # how warnings.formatwarning starts
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.-]+/)+[\w.-]*")
+
+
+def sanitize(text: str) -> str:
+    """Apply the sanitizer's rules in order, as nbval does."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(NOTEBOOKS / "sanitize.cfg")
+    for section in config.sections():
+        text = re.sub(config[section]["regex"], config[section]["replace"], text)
+    return text
+
+
+def compared_outputs(path: Path) -> list[tuple[int, dict]]:
+    """(cell number, output) for every output nbval compares in one notebook."""
+    found = []
+    cells = json.loads(path.read_text())["cells"]
+    for number, cell in enumerate(cells, start=1):
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or any(m in source for m in IGNORE_MARKERS):
+            continue
+        found += [(number, output) for output in cell.get("outputs", [])]
+    return found
+
+
+def output_text(output: dict) -> str:
+    if "text" in output:
+        return "".join(output["text"])
+    plain = output.get("data", {}).get("text/plain", "")
+    return "".join(plain) if isinstance(plain, list) else plain
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOK_FILES) >= 6, NOTEBOOK_FILES
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
+def test_compared_outputs_have_no_warnings(path: Path):
+    """A printed Python warning (``file.py:LINE: SomeWarning``) depends on the install.
+
+    Whether it appears, and the path it names, differ between machines, so it
+    breaks nbval elsewhere. (A notebook may still print a warning's message on
+    purpose, as notebook 02 does to teach what a bad window looks like.)
+    """
+    bad = [
+        (number, output_text(output)[:200])
+        for number, output in compared_outputs(path)
+        if PRINTED_WARNING.search(output_text(output))
+    ]
+    assert not bad, f"{path.name}: warnings in compared cells {bad}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
+def test_compared_outputs_have_no_machine_paths(path: Path):
+    """After sanitizing, no absolute path may be left: it would differ on another machine."""
+    bad = []
+    for number, output in compared_outputs(path):
+        leftover = ABSOLUTE_PATH.findall(sanitize(output_text(output)))
+        if leftover:
+            bad.append((number, leftover[:3]))
+    assert not bad, f"{path.name}: absolute paths in compared cells {bad}"
+
+
+def test_path_check_catches_paths():
+    """The two checks above can fail: the patterns find what they are meant to."""
+    text = "/check/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: x"
+    assert ABSOLUTE_PATH.findall("saved to /srv/runs/a/best.pt, ratio 1/2, see https://x.org/a/b")
+    assert ABSOLUTE_PATH.findall("saved to /srv/runs/a/best.pt")[0] == "/srv/runs/a/best.pt"
+    assert not ABSOLUTE_PATH.findall("ratio 1/2 and runs/notebook-x/last.pt")
+    assert PRINTED_WARNING.search(text)
+    assert not PRINTED_WARNING.search("DicomWarning: bad_window.dcm: the window is blind")
+    assert "site-packages" not in sanitize(text)
+    assert sanitize("/tmp/tmpab12/last.pt") == "TMPPATH"
+
+
+IMPORT_IN_FAKE_KERNEL = r"""
+import importlib, pkgutil, sys, types, warnings
+# tqdm.auto decides it runs in Jupyter when ipykernel's shell module is loaded.
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")
+import IPython  # noqa: F401 - tqdm.notebook needs the real IPython.display
+names = sys.argv[1:]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for name in names:
+        module = importlib.import_module(name)
+        if name == "cxrkit":
+            names += [
+                f"cxrkit.{m.name}" for m in pkgutil.iter_modules(module.__path__) if m.name != "__main__"
+            ]
+print(sum("IProgress" in str(w.message) for w in caught))
+"""
+
+
+def warnings_in_fake_kernel(*modules: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_IN_FAKE_KERNEL, *modules],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ipywidgets") is not None,
+    reason="with ipywidgets installed tqdm.auto never warns, so there is nothing to check",
+)
+def test_importing_cxrkit_in_jupyter_prints_no_tqdm_warning():
+    """Importing any cxrkit module in a kernel without ipywidgets stays silent."""
+    assert warnings_in_fake_kernel("tqdm.auto") == 1  # the fake kernel does trigger it
+    assert warnings_in_fake_kernel("cxrkit") == 0
