@@ -74,6 +74,7 @@ _API: dict[str, str] = {
     "fit": "engine",
     "predict": "engine",
     "train_from_folder": "engine",
+    "ResumeError": "engine",
     "predict_to_submission": "engine",
     # post-processing, metric, submission
     "apply_nms": "postprocess",

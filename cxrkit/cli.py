@@ -181,6 +181,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("cxrkit.submission", "SubmissionError"),
         ("cxrkit.models", "CheckpointError"),
         ("cxrkit.models", "WeightsError"),
+        ("cxrkit.engine", "ResumeError"),
         ("cxrkit.data", "DatasetError"),
         ("cxrkit.paths", "DataNotFoundError"),
         ("cxrkit.preprocess", "PreprocessError"),

@@ -52,7 +52,7 @@ from torch import nn
 
 from cxrkit._progress import tqdm
 from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID
-from cxrkit.models import load_checkpoint, save_checkpoint, unwrap
+from cxrkit.models import load_checkpoint, load_into_model, save_checkpoint, unwrap
 
 PREDICTION_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 DEBUG_SEEN_IDS_ENV = "CXRKIT_DEBUG_SEEN_IDS_DIR"  # test hook: log the image ids each rank trains on
@@ -615,6 +615,69 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ResumeError(ValueError):
+    """A run folder cannot be resumed with these settings (another schedule, rate, size...).
+
+    Resuming continues *the same* run; a run with other settings belongs in another
+    folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
+    """
+
+
+# Training arguments (of train_from_folder) that a resumed run must share with the
+# original one. Paths may differ (folders get moved); epochs may grow with StepLR.
+RESUME_ARGS = ("model_name", "size", "batch_size", "lr", "valid_fraction", "seed")
+
+
+def _check_resume(
+    path: Path, ckpt: Mapping[str, Any], *, epochs: int, lr: float, schedule: str, seed: int
+) -> None:
+    """Refuse to resume a checkpoint whose schedule, rate or seed differ from this call's.
+
+    ``optimizer.load_state_dict`` and ``scheduler.load_state_dict`` would silently put
+    the old values back, so the run would not be the one asked for.
+    """
+    problems = []
+    sched = ckpt.get("scheduler") or {}
+    saved_kind = "cosine" if "T_max" in sched else "step" if "step_size" in sched else None
+    if saved_kind is not None and saved_kind != schedule:
+        problems.append(f"schedule: the run used {saved_kind!r}, this call asks for {schedule!r}")
+    elif saved_kind == "cosine" and int(sched["T_max"]) != max(1, epochs):
+        problems.append(
+            f"epochs: the cosine schedule was planned for {sched['T_max']} epochs and brings "
+            f"the rate to 0 there; with epochs={epochs} it would "
+            + ("rise again" if epochs > int(sched["T_max"]) else "stop before reaching 0")
+            + f" (resume with epochs={sched['T_max']})"
+        )
+    groups = (ckpt.get("optimizer") or {}).get("param_groups") or [{}]
+    saved_lr = groups[0].get("initial_lr")
+    if saved_lr is not None and not math.isclose(float(saved_lr), float(lr), rel_tol=1e-9):
+        problems.append(f"lr: the run used {saved_lr}, this call asks for {lr}")
+    if ckpt.get("seed") is not None and int(ckpt["seed"]) != int(seed):
+        problems.append(f"seed: the run used {ckpt['seed']}, this call asks for {seed}")
+    _raise_resume(path, problems)
+
+
+def _check_same_args(path: Path, ckpt: Mapping[str, Any], extra: Mapping[str, Any] | None) -> None:
+    """Compare the saved ``train_args`` (train_from_folder) with this call's."""
+    saved = ckpt.get("train_args") or {}
+    now = (extra or {}).get("train_args") or {}
+    problems = [
+        f"{key}: the run used {saved[key]!r}, this call asks for {now[key]!r}"
+        for key in RESUME_ARGS
+        if key in saved and key in now and saved[key] != now[key]
+    ]
+    _raise_resume(path, problems)
+
+
+def _raise_resume(path: Path, problems: list[str]) -> None:
+    if problems:
+        raise ResumeError(
+            f"cannot resume {path} with other settings: "
+            + "; ".join(problems)
+            + ". Use the run's settings, or another output folder for a new run."
+        )
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -653,7 +716,8 @@ def fit(
     seconds), both atomically; ``best.pt`` is rewritten when the validation
     mAP@0.4 improves (without a ``valid_loader`` it follows ``last.pt``).
 
-    ``resume=True`` continues from ``last.pt``. Each epoch's randomness is seeded
+    ``resume=True`` continues from ``last.pt`` (:class:`ResumeError` if its schedule,
+    planned epochs for a cosine schedule, rate or seed differ from this call's). Each epoch's randomness is seeded
     from ``(seed, epoch)`` (:func:`seed_epoch`), so an interrupted and resumed run
     ends with the same weights as an uninterrupted one on CPU. (GPU kernels such
     as ``roi_align``'s backward use atomic adds and are not bit-reproducible.)
@@ -690,7 +754,10 @@ def fit(
     last_path, best_path, history_path = out / "last.pt", out / "best.pt", out / "history.csv"
     if resume:
         if last_path.is_file():
-            ckpt = load_checkpoint(last_path, model, map_location=device)
+            ckpt = load_checkpoint(last_path, map_location=device)
+            _check_resume(last_path, ckpt, epochs=epochs, lr=lr, schedule=schedule, seed=seed)
+            _check_same_args(last_path, ckpt, extra)
+            load_into_model(model, ckpt, last_path)
             if ckpt.get("optimizer") is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scheduler") is not None:
@@ -815,6 +882,33 @@ def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame)
     return table
 
 
+def _keep_split(
+    path: Path, train_ids: Sequence[str], valid_ids: Sequence[str], resume: bool, write: bool
+) -> None:
+    """Save the run's train/valid split (``split.csv``: image_id, subset) beside its
+    checkpoints, so the validation images can be found again later; when resuming,
+    check that the split is still the one the run was trained with."""
+    from cxrkit._atomic import write_csv_atomic
+
+    table = pd.DataFrame(
+        {
+            "image_id": [*map(str, train_ids), *map(str, valid_ids)],
+            "subset": ["train"] * len(train_ids) + ["valid"] * len(valid_ids),
+        }
+    ).sort_values("image_id", ignore_index=True)
+    if resume and path.is_file() and (path.parent / "last.pt").is_file():
+        old = pd.read_csv(path, dtype=str).sort_values("image_id", ignore_index=True)
+        if not old.equals(table.astype(str)):
+            moved = len(set(map(tuple, old.values)) ^ set(map(tuple, table.values)))
+            raise ResumeError(
+                f"cannot resume {path.parent}: the train/valid split differs from the run's "
+                f"{path.name} ({moved} row(s) differ), so the annotations or the preprocessed "
+                "folder changed. Use the run's data, or another output folder for a new run."
+            )
+    if write:
+        write_csv_atomic(table, path)
+
+
 def train_from_folder(
     data_dir: str | os.PathLike,
     annotations_csv: str | os.PathLike,
@@ -839,7 +933,9 @@ def train_from_folder(
     image has several radiologists) or a fused table, in original pixels. The
     images are split into train/valid (stratified, ``valid_fraction``), and
     :func:`fit` writes ``last.pt``, ``best.pt`` and ``history.csv`` into
-    ``out_dir``. ``size`` is the side the images are resized to (default 256 for
+    ``out_dir``, beside ``split.csv`` (which images validate). ``resume=True``
+    continues ``out_dir/last.pt`` and raises :class:`ResumeError` if the settings
+    or the split differ from the run's. ``size`` is the side the images are resized to (default 256 for
     ``cxr_small``, 512 otherwise); ``lr`` defaults per model (see
     ``SMALL_DEFAULTS`` / ``SEED_DEFAULTS``). ``max_minutes`` bounds the whole run.
 
@@ -875,6 +971,7 @@ def train_from_folder(
         lr = float(lr if lr is not None else defaults["lr"])
 
         train_ids, valid_ids = split_ids(table, valid_fraction=valid_fraction, seed=seed)
+        _keep_split(Path(out_dir) / "split.csv", train_ids, valid_ids, resume, info.is_main)
         ids = table["image_id"].astype(str)
         train_ds = XrayDataset(
             table[ids.isin(set(train_ids))], image_dir, train_transforms(size, seed=seed), meta=meta

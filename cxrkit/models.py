@@ -544,24 +544,30 @@ def load_checkpoint(
         ckpt = {"model": _read_state_dict(path), "model_name": None, "epoch": 0}
         ckpt["num_classes"] = _classes_in_state(ckpt["model"], path)
     if model is not None:
-        bare = unwrap(model)
-        config = getattr(bare, "cxrkit_config", {}) or {}
-        name, file_name = config.get("name"), ckpt.get("model_name")
-        if name and file_name and name != file_name:
-            raise CheckpointError(
-                f"checkpoint {path} holds a {file_name!r} model but the model is {name!r}; "
-                f"build {file_name!r} or use model_from_checkpoint"
-            )
-        own_classes = _classes_in_state(bare.state_dict(), "the model")
-        file_classes = int(ckpt.get("num_classes") or _classes_in_state(ckpt["model"], path))
-        if own_classes != file_classes:
-            raise CheckpointError(
-                f"checkpoint {path} was trained for {file_classes} classes but the model has "
-                f"{own_classes}; build the model with num_classes={file_classes}"
-            )
-        _check_state_matches(bare, ckpt["model"], path, repr(name or type(bare).__name__))
-        bare.load_state_dict(ckpt["model"])
+        load_into_model(model, ckpt, path)
     return ckpt
+
+
+def load_into_model(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Load a checkpoint dict (from :func:`load_checkpoint`) into ``model``, after checking
+    the model name, the class count and every tensor shape (:class:`CheckpointError`)."""
+    bare = unwrap(model)
+    config = getattr(bare, "cxrkit_config", {}) or {}
+    name, file_name = config.get("name"), ckpt.get("model_name")
+    if name and file_name and name != file_name:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {file_name!r} model but the model is {name!r}; "
+            f"build {file_name!r} or use model_from_checkpoint"
+        )
+    own_classes = _classes_in_state(bare.state_dict(), "the model")
+    file_classes = int(ckpt.get("num_classes") or _classes_in_state(ckpt["model"], path))
+    if own_classes != file_classes:
+        raise CheckpointError(
+            f"checkpoint {path} was trained for {file_classes} classes but the model has "
+            f"{own_classes}; build the model with num_classes={file_classes}"
+        )
+    _check_state_matches(bare, ckpt["model"], path, repr(name or type(bare).__name__))
+    bare.load_state_dict(ckpt["model"])
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:

@@ -99,11 +99,19 @@ def draw_boxes(
     line_width: float = 2,
     linestyle: str = "-",
     label: bool = True,
+    avoid_overlap: bool = True,
+    label_below: bool = False,
 ) -> list[patches.Rectangle]:
     """Draw ``[x_min, y_min, x_max, y_max]`` boxes on ``ax``; returns the rectangles.
 
     Boxes with NaN coordinates (the "No finding" rows of ``train.csv``) are
     skipped. Labels read "Class name" or "Class name 0.87" when scores are given.
+    With ``avoid_overlap`` (default) a label that would cover one already on the
+    axes (from this call or an earlier one, e.g. the truth under the predictions)
+    moves to the other side of or inside its box, or is left out: a crowd of
+    unreadable labels helps nobody, and the box keeps its class colour. Higher
+    scores are labelled first. Labels go above their box, or below it with
+    ``label_below`` (for the truth under predictions, so they do not compete).
     """
     boxes = _boxes(boxes)
     ids = None if class_ids is None else _to_numpy(class_ids).astype(np.int64).ravel()
@@ -112,6 +120,7 @@ def draw_boxes(
         if values is not None and len(values) != len(boxes):
             raise ValueError(f"{len(boxes)} boxes but {len(values)} {name}")
     drawn = []
+    labels = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         if not np.isfinite([x0, y0, x1, y1]).all():
             continue
@@ -131,18 +140,48 @@ def draw_boxes(
         if sc is not None:
             text = f"{text} {sc[i]:.2f}".strip()
         if label and text:
-            ax.text(
-                x0,
-                y0,
-                text,
-                color="black",
-                fontsize=8,
-                va="bottom",
-                ha="left",
-                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
-                clip_on=True,
-            )
+            labels.append((-sc[i] if sc is not None else 0.0, i, text, color))
+    if labels and avoid_overlap:
+        ax.apply_aspect()  # an image's axes shrink to its aspect ratio when drawn
+    slots = _SLOTS_BELOW if label_below else _SLOTS_ABOVE
+    for _, i, text, color in sorted(labels, key=lambda item: item[:2]):
+        _place_label(ax, boxes[i], text, color, slots if avoid_overlap else slots[:1])
     return drawn
+
+
+# Where a box's label may go, in order of preference: (x, y, vertical alignment)
+# with x and y as indices into the box [x0, y0, x1, y1]. Above the top edge, else
+# below the bottom edge, else just inside the top edge; or the other way round.
+_Slot = tuple[int, int, str]
+_SLOTS_ABOVE: tuple[_Slot, ...] = ((0, 1, "bottom"), (0, 3, "top"), (0, 1, "top"))
+_SLOTS_BELOW: tuple[_Slot, ...] = ((0, 3, "top"), (0, 1, "bottom"), (0, 3, "bottom"))
+
+
+def _place_label(ax: Axes, box: np.ndarray, text: str, color: Any, slots: Sequence[_Slot]) -> None:
+    """Put ``text`` at the first slot where it covers no earlier label of ``ax``.
+
+    With one slot it is placed there unconditionally.
+    """
+    placed = ax.__dict__.setdefault("_cxrkit_label_extents", [])
+    for xi, yi, va in slots:
+        artist = ax.text(
+            box[xi],
+            box[yi],
+            text,
+            color="black",
+            fontsize=8,
+            va=va,
+            ha="left",
+            bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+            clip_on=True,
+        )
+        if len(slots) == 1:
+            return
+        extent = artist.get_window_extent().expanded(1.05, 1.15)  # the bbox pad, roughly
+        if not any(extent.overlaps(other) for other in placed):
+            placed.append(extent)
+            return
+        artist.remove()
 
 
 def show_image(
@@ -190,7 +229,8 @@ def show_truth_vs_prediction(
     """Compare ground truth with predictions on one image.
 
     Two panels (truth left, prediction right) by default; with ``overlay=True``
-    one panel with truth solid and predictions dashed. Predictions scoring below
+    one panel with truth solid (labels below the box) and predictions dashed
+    (labels above, best scores first, overlapping ones left out). Predictions scoring below
     ``score_thr`` are not drawn. Returns the Figure.
     """
     pb, pi, ps = _boxes(pred_boxes), _to_numpy(pred_ids).ravel(), _to_numpy(pred_scores).ravel()
@@ -202,7 +242,8 @@ def show_truth_vs_prediction(
             ax = axes
         else:
             fig, (ax,) = _new_axes_row(axes, 1, size=7)
-        show_image(image, truth_boxes, truth_ids, ax=ax, line_width=line_width)
+        show_image(image, ax=ax)
+        draw_boxes(ax, truth_boxes, truth_ids, line_width=line_width, label_below=True)
         draw_boxes(ax, pb, pi, ps, line_width=line_width, linestyle="--")
         ax.set_title(title or f"truth (solid, {n_truth}) vs prediction (dashed, {len(pb)})")
         return ax.figure

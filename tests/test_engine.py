@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from cxrkit.engine import (
     Averager,
+    ResumeError,
     evaluate,
     fit,
     predict,
@@ -198,6 +199,27 @@ def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
 
 
+def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
+    """The saved optimizer/scheduler would silently override a new rate or schedule."""
+    kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
+    train, _ = _loaders(fused, preprocessed, size=64)
+    fit(_small_model(64), train, None, tmp_path, 1, CPU, **kw)
+
+    def resume(epochs, **changes):
+        return fit(_small_model(64), train, None, tmp_path, epochs, CPU, resume=True,
+                   **{**kw, **changes})  # fmt: skip
+
+    with pytest.raises(ResumeError, match="planned for 1 epochs .* would rise again"):
+        resume(3)
+    with pytest.raises(ResumeError, match="schedule: the run used 'cosine'"):
+        resume(1, schedule="step")
+    with pytest.raises(ResumeError, match="lr: the run used 0.01, this call asks for 0.02"):
+        resume(1, lr=0.02)
+    with pytest.raises(ResumeError, match="seed: the run used 3"):
+        resume(1, seed=4)
+    assert resume(1).epochs_done == 1  # same settings: nothing left to do, no error
+
+
 def test_train_predict_evaluate_commands(sample_data, preprocessed, tmp_path, capsys):
     """The CLI path end to end on the tiny sample (1 short epoch)."""
     from cxrkit.cli import main
@@ -208,13 +230,31 @@ def test_train_predict_evaluate_commands(sample_data, preprocessed, tmp_path, ca
         "train", str(preprocessed), str(sample_data / "train.csv"), "--out", str(run),
         "--epochs", "1", "--batch-size", "4",
     ]) == 0  # fmt: skip
-    assert {"last.pt", "best.pt", "history.csv"} <= {p.name for p in run.iterdir()}
+    assert {"last.pt", "best.pt", "history.csv", "split.csv"} <= {p.name for p in run.iterdir()}
+    last_written = (run / "last.pt").stat().st_mtime
     sub = tmp_path / "sub.csv"
     assert main(["predict", str(run / "best.pt"), str(preprocessed), "--out", str(sub)]) == 0
     test_ids = set(pd.read_csv(preprocessed / "test_meta.csv")["image_id"])
     assert set(read_submission(sub)["image_id"]) == test_ids
     assert main(["evaluate", str(sub), str(sample_data / "test_labels.csv")]) == 0
     assert "mAP@0.4" in capsys.readouterr().out
+
+    # The run keeps its split: every annotated image once, on one side.
+    kept = pd.read_csv(run / "split.csv")
+    assert kept["image_id"].is_unique and set(kept["subset"]) == {"train", "valid"}
+    assert set(kept["image_id"]) == set(pd.read_csv(sample_data / "train.csv")["image_id"])
+    # Resuming with other settings or other data is refused before any training.
+    assert main([
+        "train", str(preprocessed), str(sample_data / "train.csv"), "--out", str(run),
+        "--epochs", "1", "--size", "128", "--resume",
+    ]) == 2  # fmt: skip
+    assert "size: the run used 256, this call asks for 128" in capsys.readouterr().err
+    train_csv = pd.read_csv(sample_data / "train.csv")
+    fewer = tmp_path / "fewer.csv"
+    train_csv[train_csv["image_id"] != kept["image_id"].iloc[0]].to_csv(fewer, index=False)
+    with pytest.raises(ResumeError, match="split differs"):
+        train_from_folder(preprocessed, fewer, run, epochs=1, resume=True)
+    assert (run / "last.pt").stat().st_mtime == last_written  # nothing was overwritten
 
 
 def test_bad_inputs_fail_clearly(preprocessed, tmp_path, capsys):

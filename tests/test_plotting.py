@@ -17,6 +17,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from cxrkit.labels import class_color  # noqa: E402
 from cxrkit.plotting import (  # noqa: E402
+    draw_boxes,
     find_figures_dir,
     plot_box_stats,
     plot_class_counts,
@@ -89,6 +90,27 @@ def test_show_image_length_mismatch():
         show_image(IMAGE, BOXES, IDS[:2])
 
 
+def test_crowded_labels_do_not_cover_each_other():
+    """Six boxes in one spot: the best-scoring label stays, overlapping ones move or go."""
+    big = np.zeros((512, 512), dtype=np.uint8)
+    boxes = np.array([[100, 100, 300, 300]] * 6, dtype=float) + np.arange(6)[:, None] * 4
+    scores = np.array([0.2, 0.9, 0.3, 0.4, 0.5, 0.6])
+    ax = show_image(big, boxes, [3] * 6, scores)
+    ax.figure.canvas.draw()
+    texts = [t.get_text() for t in ax.texts]
+    assert len(rectangles(ax)) == 6 and 2 <= len(texts) < 6, texts
+    assert texts[0] == "Cardiomegaly 0.90"  # highest score first, in its preferred slot
+    extents = [t.get_window_extent() for t in ax.texts]
+    for i, a in enumerate(extents):
+        for b in extents[i + 1 :]:
+            assert not a.overlaps(b)
+    # Without avoidance every box is labelled (and the labels pile up).
+    _, ax2 = plt.subplots()
+    draw_boxes(ax2, boxes, [3] * 6, scores, avoid_overlap=False)
+    assert len(ax2.texts) == 6
+    plt.close("all")
+
+
 def test_truth_vs_prediction_two_panels():
     fig = show_truth_vs_prediction(
         IMAGE, BOXES[:2], IDS[:2], BOXES, IDS, np.array([0.9, 0.2, 0.6]), score_thr=0.5
@@ -104,6 +126,9 @@ def test_truth_vs_prediction_overlay_dashed():
     (ax,) = fig.axes
     styles = [r.get_linestyle() for r in rectangles(ax)]
     assert styles.count("-") == 1 and styles.count("--") == 3
+    truth_label = ax.texts[0]  # drawn first, under its box so predictions keep the top
+    assert truth_label.get_position() == (BOXES[0, 0], BOXES[0, 3])
+    assert truth_label.get_verticalalignment() == "top"
 
 
 def test_plot_class_counts():
