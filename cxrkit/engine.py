@@ -623,18 +623,27 @@ class ResumeError(ValueError):
     """
 
 
-# Training arguments (of train_from_folder) that a resumed run must share with the
-# original one. Paths may differ (folders get moved); epochs may grow with StepLR.
-RESUME_ARGS = ("model_name", "size", "batch_size", "lr", "valid_fraction", "seed")
+# Training arguments of train_from_folder that a resumed run must share with the
+# original one (lr, seed and the schedule are checked from fit's own state). Paths
+# may differ (folders get moved); epochs may grow with StepLR.
+RESUME_ARGS = ("model_name", "size", "batch_size", "valid_fraction")
 
 
 def _check_resume(
-    path: Path, ckpt: Mapping[str, Any], *, epochs: int, lr: float, schedule: str, seed: int
+    path: Path,
+    ckpt: Mapping[str, Any],
+    *,
+    epochs: int,
+    lr: float,
+    schedule: str,
+    seed: int,
+    extra: Mapping[str, Any] | None,
 ) -> None:
-    """Refuse to resume a checkpoint whose schedule, rate or seed differ from this call's.
+    """Refuse to resume a checkpoint whose settings differ from this call's.
 
     ``optimizer.load_state_dict`` and ``scheduler.load_state_dict`` would silently put
-    the old values back, so the run would not be the one asked for.
+    the old rate and schedule back, so the run would not be the one asked for. Every
+    difference is listed in one :class:`ResumeError`.
     """
     problems = []
     sched = ckpt.get("scheduler") or {}
@@ -654,22 +663,13 @@ def _check_resume(
         problems.append(f"lr: the run used {saved_lr}, this call asks for {lr}")
     if ckpt.get("seed") is not None and int(ckpt["seed"]) != int(seed):
         problems.append(f"seed: the run used {ckpt['seed']}, this call asks for {seed}")
-    _raise_resume(path, problems)
-
-
-def _check_same_args(path: Path, ckpt: Mapping[str, Any], extra: Mapping[str, Any] | None) -> None:
-    """Compare the saved ``train_args`` (train_from_folder) with this call's."""
     saved = ckpt.get("train_args") or {}
     now = (extra or {}).get("train_args") or {}
-    problems = [
+    problems += [
         f"{key}: the run used {saved[key]!r}, this call asks for {now[key]!r}"
         for key in RESUME_ARGS
         if key in saved and key in now and saved[key] != now[key]
     ]
-    _raise_resume(path, problems)
-
-
-def _raise_resume(path: Path, problems: list[str]) -> None:
     if problems:
         raise ResumeError(
             f"cannot resume {path} with other settings: "
@@ -717,9 +717,10 @@ def fit(
     mAP@0.4 improves (without a ``valid_loader`` it follows ``last.pt``).
 
     ``resume=True`` continues from ``last.pt`` (:class:`ResumeError` if its schedule,
-    planned epochs for a cosine schedule, rate or seed differ from this call's). Each epoch's randomness is seeded
-    from ``(seed, epoch)`` (:func:`seed_epoch`), so an interrupted and resumed run
-    ends with the same weights as an uninterrupted one on CPU. (GPU kernels such
+    planned epochs for a cosine schedule, rate or seed differ from this call's).
+    Each epoch's randomness is seeded from ``(seed, epoch)`` (:func:`seed_epoch`),
+    so an interrupted and resumed run ends with the same weights as an
+    uninterrupted one on CPU. (GPU kernels such
     as ``roi_align``'s backward use atomic adds and are not bit-reproducible.)
 
     ``max_minutes`` stops before an epoch that would end after the budget
@@ -755,8 +756,9 @@ def fit(
     if resume:
         if last_path.is_file():
             ckpt = load_checkpoint(last_path, map_location=device)
-            _check_resume(last_path, ckpt, epochs=epochs, lr=lr, schedule=schedule, seed=seed)
-            _check_same_args(last_path, ckpt, extra)
+            _check_resume(
+                last_path, ckpt, epochs=epochs, lr=lr, schedule=schedule, seed=seed, extra=extra
+            )
             load_into_model(model, ckpt, last_path)
             if ckpt.get("optimizer") is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -935,8 +937,8 @@ def train_from_folder(
     :func:`fit` writes ``last.pt``, ``best.pt`` and ``history.csv`` into
     ``out_dir``, beside ``split.csv`` (which images validate). ``resume=True``
     continues ``out_dir/last.pt`` and raises :class:`ResumeError` if the settings
-    or the split differ from the run's. ``size`` is the side the images are resized to (default 256 for
-    ``cxr_small``, 512 otherwise); ``lr`` defaults per model (see
+    or the split differ from the run's. ``size`` is the side the images are
+    resized to (default 256 for ``cxr_small``, 512 otherwise); ``lr`` defaults per model (see
     ``SMALL_DEFAULTS`` / ``SEED_DEFAULTS``). ``max_minutes`` bounds the whole run.
 
     Under ``torchrun`` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel:

@@ -230,8 +230,8 @@ def show_truth_vs_prediction(
 
     Two panels (truth left, prediction right) by default; with ``overlay=True``
     one panel with truth solid (labels below the box) and predictions dashed
-    (labels above, best scores first, overlapping ones left out). Predictions scoring below
-    ``score_thr`` are not drawn. Returns the Figure.
+    (labels above, best scores first, overlapping ones left out). Predictions
+    scoring below ``score_thr`` are not drawn. Returns the Figure.
     """
     pb, pi, ps = _boxes(pred_boxes), _to_numpy(pred_ids).ravel(), _to_numpy(pred_scores).ravel()
     keep = ps >= score_thr
