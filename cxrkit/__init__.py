@@ -34,6 +34,7 @@ _API: dict[str, str] = {
     "seed_everything": "utils",
     "try_gpu": "utils",
     "setup_notebook": "utils",
+    "check_range": "utils",
     # DICOM
     "read_xray": "dicom",
     "read_xray_reference": "dicom",

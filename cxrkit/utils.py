@@ -59,3 +59,38 @@ def setup_notebook(seed: int = 42, threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+CHECK_LOG_VARIABLE = "CXRKIT_CHECK_LOG"
+
+
+def check_range(what: str, value: float, low: float, high: float, digits: int = 3) -> float:
+    """Print ``what: value`` rounded, and fail unless ``low <= value <= high``.
+
+    The in-cell check of a number that comes from training (a loss, an mAP, a
+    trained model's score). Its digits change with the CPU, the thread count and
+    package versions, so notebooks do not compare them: the cell's output is
+    ignored by nbval and this check states the property the text relies on, with
+    a band measured across machines (``benchmarks/notebook_spread.py``).
+
+    With ``CXRKIT_CHECK_LOG`` set to a file, the value is appended to it as one
+    JSON line and nothing is raised: that is how the spread script collects every
+    checked number of a notebook run to set the bands. Returns ``value``.
+    """
+    import json
+
+    value = float(value)
+    inside = bool(low <= value <= high)  # False for NaN too
+    print(f"{what}: {value:.{digits}f} (expected {low:g} to {high:g})")
+    log = os.environ.get(CHECK_LOG_VARIABLE)
+    if log:
+        record = {"what": what, "value": value, "low": low, "high": high, "inside": inside}
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        return value
+    if not inside:
+        raise AssertionError(
+            f"{what} = {value:.{digits + 2}g} is outside the expected range [{low:g}, {high:g}]: "
+            "training or post-processing no longer behaves as this notebook says"
+        )
+    return value
