@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit.errors import AnnotationError
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
 __all__ = [
@@ -66,10 +67,6 @@ BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
 META_COLUMNS: list[str] = ["image_id", "dim0", "dim1"]
 FUSED_RAD_ID = "wbf"
 _MAX_LISTED = 5  # problems spelled out in one error message
-
-
-class AnnotationError(ValueError):
-    """An annotation or meta table is malformed; the message names file, line and image."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -33,13 +33,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cxrkit.errors import DatasetError
 from cxrkit.labels import NO_FINDING_ID
 
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
-
-
-class DatasetError(ValueError):
-    """An image or table the dataset needs is missing or does not match."""
 
 
 def _as_annotations(annotations: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:

@@ -40,6 +40,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from cxrkit._progress import tqdm
+from cxrkit.errors import AnnotationError, ResumeError
 from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID
 from cxrkit.models import load_checkpoint, load_into_model, save_checkpoint, unwrap
 
@@ -615,14 +617,6 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class ResumeError(ValueError):
-    """A run folder cannot be resumed with these settings (another schedule, rate, size...).
-
-    Resuming continues *the same* run; a run with other settings belongs in another
-    folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
-    """
-
-
 # Training arguments of train_from_folder that a resumed run must share with the
 # original one (lr, seed and the schedule are checked from fit's own state). Paths
 # may differ (folders get moved); epochs may grow with StepLR.
@@ -860,7 +854,7 @@ SEED_DEFAULTS: dict[str, Any] = {
 
 def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
     """Load the annotations; fuse the radiologists' boxes when there are several per image."""
-    from cxrkit.annotations import AnnotationError, fuse_boxes, load_annotations
+    from cxrkit.annotations import fuse_boxes, load_annotations
 
     table = load_annotations(annotations_csv)
     if len(table) == 0:
@@ -869,9 +863,10 @@ def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame)
     ids = table["image_id"].astype(str)
     absent = sorted(set(ids) - known)
     if absent:
-        print(
-            f"warning: {len(absent)} annotated image(s) are not in the preprocessed folder "
-            f"(e.g. {absent[:3]}); they are left out"
+        warnings.warn(
+            f"{len(absent)} annotated image(s) are not in the preprocessed folder "
+            f"(e.g. {absent[:3]}); they are left out",
+            stacklevel=2,
         )
         table = table[ids.isin(known)]
         if len(table) == 0:

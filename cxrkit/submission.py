@@ -40,16 +40,13 @@ import numpy as np
 import pandas as pd
 
 from cxrkit._atomic import write_csv_atomic
+from cxrkit.errors import SubmissionError
 from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID, NUM_CLASSES
 
 SUBMISSION_COLUMNS = ["image_id", "PredictionString"]
 PREDICTION_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 BOX_COLUMNS = PREDICTION_COLUMNS[3:]
 MAX_LISTED_ERRORS = 10
-
-
-class SubmissionError(ValueError):
-    """A submission that Kaggle would reject or mis-score; the message says where and why."""
 
 
 # ----------------------------------------------------------------- building
