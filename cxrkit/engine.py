@@ -53,10 +53,10 @@ from torch import nn
 
 from cxrkit._progress import tqdm
 from cxrkit.errors import AnnotationError, ResumeError
-from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID
+from cxrkit.formats import NO_FINDING_BOX, PREDICTION_COLUMNS, image_sizes
+from cxrkit.labels import NO_FINDING_ID, from_model_labels
 from cxrkit.models import load_checkpoint, load_into_model, save_checkpoint, unwrap
 
-PREDICTION_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 DEBUG_SEEN_IDS_ENV = "CXRKIT_DEBUG_SEEN_IDS_DIR"  # test hook: log the image ids each rank trains on
 
 
@@ -305,16 +305,7 @@ def _meta_sizes(
         from cxrkit.annotations import load_meta
 
         meta = load_meta(meta)
-    if isinstance(meta, Mapping):
-        return {str(k): (int(v[0]), int(v[1])) for k, v in meta.items()}
-    table = meta.reset_index() if "image_id" not in meta.columns else meta
-    missing = [c for c in ("image_id", "dim0", "dim1") if c not in table.columns]
-    if missing:
-        raise ValueError(f"meta table lacks column(s) {missing}; expected image_id,dim0,dim1")
-    return {
-        str(i): (int(h), int(w))
-        for i, h, w in zip(table["image_id"], table["dim0"], table["dim1"], strict=True)
-    }
+    return image_sizes(meta)
 
 
 @torch.inference_mode()
@@ -375,7 +366,7 @@ def predictions_to_frame(
             pd.DataFrame(
                 {
                     "image_id": image_id,
-                    "class_id": labels - 1,
+                    "class_id": from_model_labels(labels),
                     "score": torch.as_tensor(out["scores"]).cpu().double().numpy(),
                     "x_min": boxes[:, 0],
                     "y_min": boxes[:, 1],
@@ -586,18 +577,8 @@ def _truth_and_meta(
     ds = getattr(loader, "dataset", None)
     if meta is None and isinstance(getattr(ds, "meta", None), pd.DataFrame):
         meta = ds.meta.rename_axis("image_id").reset_index()
-    if truth is None and hasattr(ds, "image_ids") and hasattr(ds, "_boxes"):
-        rows = []
-        for image_id in ds.image_ids:
-            boxes = ds._boxes.get(image_id)
-            if boxes is None or not len(boxes):
-                rows.append((image_id, NO_FINDING_ID, np.nan, np.nan, np.nan, np.nan))
-            else:
-                for b, c in zip(boxes, ds._class_ids[image_id], strict=True):
-                    rows.append((image_id, int(c), *map(float, b)))
-        truth = pd.DataFrame(
-            rows, columns=["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
-        )
+    if truth is None and callable(getattr(ds, "truth_table", None)):
+        truth = ds.truth_table()
     if truth is None or meta is None:
         raise ValueError(
             "fit needs the validation truth (train.csv columns, original pixels) and the meta "

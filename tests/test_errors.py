@@ -143,3 +143,89 @@ def test_cli_bad_input_is_one_stderr_line(tmp_path):
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("cxrkit fuse: error:") and "img_b" in proc.stderr
     assert not out.exists()
+
+
+# ----------------------------------------------------------------- table formats
+
+FORMAT_NAMES = (
+    "BOX_COLUMNS",
+    "TRAIN_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "TRUTH_COLUMNS",
+    "META_COLUMNS",
+    "SUBMISSION_COLUMNS",
+    "NO_FINDING_BOX",
+)
+
+
+def _assigned_names(tree: ast.Module) -> set[str]:
+    """Names bound by an assignment at the top level of a module."""
+    names: set[str] = set()
+    for node in tree.body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_each_table_format_is_defined_once():
+    homes: dict[str, list[str]] = {name: [] for name in FORMAT_NAMES}
+    for path in _sources():
+        assigned = _assigned_names(ast.parse(path.read_text()))
+        for name in FORMAT_NAMES:
+            if name in assigned:
+                homes[name].append(str(path.relative_to(PACKAGE)))
+    assert all(where == ["formats.py"] for where in homes.values()), homes
+
+
+def test_old_import_paths_of_the_formats_still_work():
+    from cxrkit import annotations, formats, labels, metrics, submission
+
+    assert labels.NO_FINDING_BOX is formats.NO_FINDING_BOX == (0.0, 0.0, 1.0, 1.0)
+    assert annotations.BOX_COLUMNS is formats.BOX_COLUMNS
+    assert annotations.TRAIN_COLUMNS is formats.TRAIN_COLUMNS
+    assert submission.PREDICTION_COLUMNS is metrics.PREDICTION_COLUMNS is formats.PREDICTION_COLUMNS
+
+
+def test_no_module_reads_a_private_name_of_another():
+    """``from cxrkit.x import _name`` couples two files; make the name public instead."""
+    private = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cxrkit."):
+                if node.module.split(".")[-1].startswith("_"):
+                    continue  # a private helper module (cxrkit._atomic) is shared on purpose
+                private += [
+                    f"{path.relative_to(PACKAGE)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
+    assert not private, private
+
+
+def test_image_sizes():
+    import pandas as pd
+
+    from cxrkit.formats import image_sizes
+
+    table = pd.DataFrame({"image_id": ["a", "b", "a"], "dim0": [3, 5, 9], "dim1": [4, 6, 9]})
+    assert image_sizes(table) == {"a": (3, 4), "b": (5, 6)}  # the first row of an id wins
+    assert image_sizes(table.iloc[:2].set_index("image_id")) == {"a": (3, 4), "b": (5, 6)}
+    assert image_sizes({1: (3.0, 4.0)}) == {"1": (3, 4)}
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['dim1'\]"):
+        image_sizes(table.drop(columns="dim1"))
+
+
+def test_one_iou():
+    import numpy as np
+
+    from cxrkit.metrics import elementwise_iou, iou_matrix
+
+    a = np.array([[0, 0, 10, 10], [0, 0, 2, 2]], dtype=float)
+    b = np.array([[5, 5, 15, 15], [3, 3, 4, 4]], dtype=float)
+    np.testing.assert_allclose(elementwise_iou(a, b), [25 / 175, 0.0])
+    np.testing.assert_allclose(iou_matrix(a, b)[0], [25 / 175, 0.01])
