@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (one module per concept, see GUIDE.md)
 _API: dict[str, str] = {
+    "CxrkitError": "errors",  # base of every error below
     # labels
     "CLASS_NAMES": "labels",
     "NO_FINDING_ID": "labels",

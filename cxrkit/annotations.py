@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit.errors import AnnotationError
+from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
+from cxrkit.metrics import elementwise_iou
 
 __all__ = [
     "AnnotationError",
@@ -50,26 +53,11 @@ __all__ = [
     "image_class_sets",
     "summarize",
     "radiologist_agreement",
+    "sizes_of",
 ]
 
-TRAIN_COLUMNS: list[str] = [
-    "image_id",
-    "class_name",
-    "class_id",
-    "rad_id",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-]
-BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
-META_COLUMNS: list[str] = ["image_id", "dim0", "dim1"]
 FUSED_RAD_ID = "wbf"
 _MAX_LISTED = 5  # problems spelled out in one error message
-
-
-class AnnotationError(ValueError):
-    """An annotation or meta table is malformed; the message names file, line and image."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -400,10 +388,14 @@ def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
 # --------------------------------------------------------------------------- fusion
 
 
-def _image_sizes(image_ids: pd.Series, meta: pd.DataFrame, purpose: str) -> np.ndarray:
-    """(n, 2) float array of (height, width) per row; error naming ids missing in meta."""
-    sizes = meta.set_index("image_id")[["dim0", "dim1"]]
-    missing = pd.Index(image_ids.unique()).difference(sizes.index)
+def sizes_of(image_ids: pd.Series, meta: pd.DataFrame, purpose: str) -> np.ndarray:
+    """(n, 2) float array of (height, width) per id of ``image_ids``, from a validated meta.
+
+    Raises :class:`AnnotationError` naming the ids missing from ``meta`` and what
+    they were ``purpose`` (e.g. ``"to normalise boxes"``).
+    """
+    sizes = image_sizes(meta)
+    missing = pd.Index(image_ids.unique()).difference(pd.Index(list(sizes), dtype=object))
     if len(missing):
         shown = list(missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -411,7 +403,7 @@ def _image_sizes(image_ids: pd.Series, meta: pd.DataFrame, purpose: str) -> np.n
             f"{len(missing)} image id(s) are missing from the meta table, needed {purpose}: "
             f"{shown}{more}"
         )
-    return sizes.reindex(image_ids.to_numpy()).to_numpy(dtype=np.float64)
+    return np.array([sizes[i] for i in image_ids], dtype=np.float64).reshape(-1, 2)
 
 
 def fuse_boxes(
@@ -490,7 +482,7 @@ def fuse_boxes(
 
     hw = np.full((len(ann), 2), np.nan)
     if is_finding.any():
-        hw[is_finding] = _image_sizes(ann.loc[is_finding, "image_id"], meta, "to normalise boxes")
+        hw[is_finding] = sizes_of(ann.loc[is_finding, "image_id"], meta, "to normalise boxes")
     outside = is_finding & ((boxes[:, 2] > hw[:, 1]) | (boxes[:, 3] > hw[:, 0]))
     if outside.any():
         pos = np.flatnonzero(outside)
@@ -624,7 +616,7 @@ def _convert(df: pd.DataFrame, meta: pd.DataFrame, size, to_resized: bool) -> pd
     boxes = out[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)
     has_box = ~np.isnan(boxes).any(axis=1)
     if has_box.any():
-        original = _image_sizes(out.loc[has_box, "image_id"].astype(str), meta, "to rescale boxes")
+        original = sizes_of(out.loc[has_box, "image_id"].astype(str), meta, "to rescale boxes")
         resized = _hw(size)
         src, dst = (original, resized) if to_resized else (resized, original)
         boxes[has_box] = rescale_boxes(boxes[has_box], src, dst)
@@ -700,17 +692,6 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of two (N, 4) box arrays."""
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def radiologist_agreement(df: pd.DataFrame, iou_thr: float = 0.4) -> pd.DataFrame:
     """How much the radiologists agree, per finding class (use on the *raw* table).
 
@@ -746,7 +727,7 @@ def radiologist_agreement(df: pd.DataFrame, iou_thr: float = 0.4) -> pd.DataFram
     )
     pairs = pairs[pairs["rad_id"].to_numpy() != pairs["rad_id_b"].to_numpy()]
     a_idx, b_idx = pairs["box"].to_numpy(), pairs["box_b"].to_numpy()
-    iou = _pair_iou(coords[a_idx], coords[b_idx])
+    iou = elementwise_iou(coords[a_idx], coords[b_idx])
 
     best = np.zeros(len(ann))
     np.maximum.at(best, a_idx, iou)  # best IoU of each box with any other reader's box

@@ -1,9 +1,10 @@
 """The command line: ``python -m cxrkit COMMAND ...`` (or ``cxrkit COMMAND``).
 
 Each command is a thin wrapper over a library function, so a notebook, a script
-and the shell all run the same code. Expected failures (bad input files, a
-missing decoder, a malformed submission) print one clear line and exit with
-status 2 instead of a traceback.
+and the shell all run the same code. Expected failures (any
+:class:`cxrkit.errors.CxrkitError`: bad input files, a missing decoder, a malformed
+submission; or a missing file) print one clear line and exit with status 2
+instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from cxrkit.errors import CxrkitError
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -172,33 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input, not a bug: reported in one line."""
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in [
-        ("cxrkit.dicom", "DicomReadError"),
-        ("cxrkit.annotations", "AnnotationError"),
-        ("cxrkit.submission", "SubmissionError"),
-        ("cxrkit.models", "CheckpointError"),
-        ("cxrkit.models", "WeightsError"),
-        ("cxrkit.engine", "ResumeError"),
-        ("cxrkit.data", "DatasetError"),
-        ("cxrkit.paths", "DataNotFoundError"),
-        ("cxrkit.preprocess", "PreprocessError"),
-    ]:
-        # A module that raised its error is already imported; never import torch just to
-        # report a bad CSV.
-        loaded = sys.modules.get(module)
-        if loaded is not None and hasattr(loaded, name):
-            errors.append(getattr(loaded, name))
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _expected_errors() as exc:
+    except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line
         print(f"cxrkit {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -33,13 +33,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from cxrkit.labels import NO_FINDING_ID
-
-BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
-
-
-class DatasetError(ValueError):
-    """An image or table the dataset needs is missing or does not match."""
+from cxrkit.errors import DatasetError
+from cxrkit.formats import BOX_COLUMNS, TRUTH_COLUMNS, image_sizes
+from cxrkit.labels import NO_FINDING_ID, to_model_labels
 
 
 def _as_annotations(annotations: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
@@ -129,7 +125,8 @@ class XrayDataset(Dataset):
         self.meta = meta_df.set_index(meta_df["image_id"].astype(str))[["dim0", "dim1"]]
 
         ids = pd.unique(df["image_id"].astype(str))
-        missing = [i for i in ids if i not in self.meta.index]
+        self._sizes = image_sizes(meta_df)  # image_id -> (dim0, dim1)
+        missing = [i for i in ids if i not in self._sizes]
         if missing:
             raise DatasetError(
                 f"{len(missing)} image id(s) of the annotations are not in the meta table "
@@ -148,6 +145,22 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def truth_table(self) -> pd.DataFrame:
+        """The boxes of every image, in original pixels, as the metric's truth table.
+
+        One row per finding box; an image without boxes gets one "No finding" row
+        with NaN coordinates. Columns: ``image_id, class_id, x_min, y_min, x_max, y_max``.
+        """
+        rows = []
+        for image_id in self.image_ids:
+            boxes = self._boxes.get(image_id)
+            if boxes is None or not len(boxes):
+                rows.append((image_id, NO_FINDING_ID, np.nan, np.nan, np.nan, np.nan))
+            else:
+                for b, c in zip(boxes, self._class_ids[image_id], strict=True):
+                    rows.append((image_id, int(c), *map(float, b)))
+        return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+
     def boxes_resized(
         self, image_id: str, height: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +170,7 @@ class XrayDataset(Dataset):
         boxes = self._boxes.get(image_id, np.zeros((0, 4)))
         class_ids = self._class_ids.get(image_id, np.zeros(0, dtype=np.int64))
         if len(boxes):
-            dim0, dim1 = self.meta.loc[image_id, ["dim0", "dim1"]]
-            boxes = rescale_boxes(boxes, (int(dim0), int(dim1)), (height, width))
+            boxes = rescale_boxes(boxes, self._sizes[image_id], (height, width))
             boxes, keep = clip_boxes(boxes, height, width)
             boxes, class_ids = boxes[keep], class_ids[keep]
         return boxes.astype(np.float32).reshape(-1, 4), class_ids
@@ -167,7 +179,7 @@ class XrayDataset(Dataset):
         image_id = self.image_ids[index]
         image = read_png(self.image_dir / f"{image_id}.png")
         boxes, class_ids = self.boxes_resized(image_id, *image.shape[:2])
-        labels = class_ids + 1  # model labels: 0 is background
+        labels = to_model_labels(class_ids)  # class_id + 1: 0 is background
         if self.transforms is not None:
             out = self.transforms(image=image, bboxes=boxes, labels=labels)
             image = out["image"]

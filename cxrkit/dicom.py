@@ -63,6 +63,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from pydicom.pixels import pixel_array as _pixel_array
 
+from cxrkit.errors import DicomReadError
+
 __all__ = [
     "DicomReadError",
     "DicomWarning",
@@ -84,24 +86,6 @@ _NATIVE_LITTLE_ENDIAN = {
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _DEFER = 1 << 16  # bytes: values larger than this stay on disk until needed
 _BLOCK_PIXELS = 1 << 17  # pixels per block in blocked loops: temporaries stay in cache
-
-
-class DicomReadError(RuntimeError):
-    """A DICOM file could not be turned into an image; says which file and why.
-
-    Attributes:
-        path: the file, as a string.
-        reason: what is wrong with it, in words (and what to do, where known).
-    """
-
-    def __init__(self, path: PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read DICOM file {self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Rebuild from (path, reason) so the error survives multiprocessing pickling.
-        return (type(self), (self.path, self.reason))
 
 
 class DicomWarning(UserWarning):

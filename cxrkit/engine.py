@@ -40,6 +40,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +52,11 @@ import torch
 from torch import nn
 
 from cxrkit._progress import tqdm
-from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID
+from cxrkit.errors import AnnotationError, ResumeError
+from cxrkit.formats import NO_FINDING_BOX, PREDICTION_COLUMNS, image_sizes
+from cxrkit.labels import NO_FINDING_ID, from_model_labels
 from cxrkit.models import load_checkpoint, load_into_model, save_checkpoint, unwrap
 
-PREDICTION_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 DEBUG_SEEN_IDS_ENV = "CXRKIT_DEBUG_SEEN_IDS_DIR"  # test hook: log the image ids each rank trains on
 
 
@@ -303,16 +305,7 @@ def _meta_sizes(
         from cxrkit.annotations import load_meta
 
         meta = load_meta(meta)
-    if isinstance(meta, Mapping):
-        return {str(k): (int(v[0]), int(v[1])) for k, v in meta.items()}
-    table = meta.reset_index() if "image_id" not in meta.columns else meta
-    missing = [c for c in ("image_id", "dim0", "dim1") if c not in table.columns]
-    if missing:
-        raise ValueError(f"meta table lacks column(s) {missing}; expected image_id,dim0,dim1")
-    return {
-        str(i): (int(h), int(w))
-        for i, h, w in zip(table["image_id"], table["dim0"], table["dim1"], strict=True)
-    }
+    return image_sizes(meta)
 
 
 @torch.inference_mode()
@@ -373,7 +366,7 @@ def predictions_to_frame(
             pd.DataFrame(
                 {
                     "image_id": image_id,
-                    "class_id": labels - 1,
+                    "class_id": from_model_labels(labels),
                     "score": torch.as_tensor(out["scores"]).cpu().double().numpy(),
                     "x_min": boxes[:, 0],
                     "y_min": boxes[:, 1],
@@ -584,18 +577,8 @@ def _truth_and_meta(
     ds = getattr(loader, "dataset", None)
     if meta is None and isinstance(getattr(ds, "meta", None), pd.DataFrame):
         meta = ds.meta.rename_axis("image_id").reset_index()
-    if truth is None and hasattr(ds, "image_ids") and hasattr(ds, "_boxes"):
-        rows = []
-        for image_id in ds.image_ids:
-            boxes = ds._boxes.get(image_id)
-            if boxes is None or not len(boxes):
-                rows.append((image_id, NO_FINDING_ID, np.nan, np.nan, np.nan, np.nan))
-            else:
-                for b, c in zip(boxes, ds._class_ids[image_id], strict=True):
-                    rows.append((image_id, int(c), *map(float, b)))
-        truth = pd.DataFrame(
-            rows, columns=["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
-        )
+    if truth is None and callable(getattr(ds, "truth_table", None)):
+        truth = ds.truth_table()
     if truth is None or meta is None:
         raise ValueError(
             "fit needs the validation truth (train.csv columns, original pixels) and the meta "
@@ -613,14 +596,6 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
         if v is None or isinstance(v, (bool, int, float, str)):
             out[k] = v
     return out
-
-
-class ResumeError(ValueError):
-    """A run folder cannot be resumed with these settings (another schedule, rate, size...).
-
-    Resuming continues *the same* run; a run with other settings belongs in another
-    folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
-    """
 
 
 # Training arguments of train_from_folder that a resumed run must share with the
@@ -860,7 +835,7 @@ SEED_DEFAULTS: dict[str, Any] = {
 
 def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
     """Load the annotations; fuse the radiologists' boxes when there are several per image."""
-    from cxrkit.annotations import AnnotationError, fuse_boxes, load_annotations
+    from cxrkit.annotations import fuse_boxes, load_annotations
 
     table = load_annotations(annotations_csv)
     if len(table) == 0:
@@ -869,9 +844,10 @@ def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame)
     ids = table["image_id"].astype(str)
     absent = sorted(set(ids) - known)
     if absent:
-        print(
-            f"warning: {len(absent)} annotated image(s) are not in the preprocessed folder "
-            f"(e.g. {absent[:3]}); they are left out"
+        warnings.warn(
+            f"{len(absent)} annotated image(s) are not in the preprocessed folder "
+            f"(e.g. {absent[:3]}); they are left out",
+            stacklevel=2,
         )
         table = table[ids.isin(known)]
         if len(table) == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrkit.formats import NO_FINDING_BOX as NO_FINDING_BOX  # re-exported
+
 CLASS_NAMES: tuple[str, ...] = (
     "Aortic enlargement",
     "Atelectasis",
@@ -31,7 +33,6 @@ NO_FINDING_ID: int = 14
 NUM_FINDINGS: int = 14  # class ids 0..13 carry boxes
 NUM_CLASSES: int = 15  # for the competition metric: 14 findings + No finding
 MODEL_NUM_CLASSES: int = NUM_FINDINGS + 1  # torchvision: background + 14 findings
-NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 # Share of each class among the boxes of the real train.csv (67,914 rows), used by
 # the sample generator so that the synthetic data is as imbalanced as the real one.

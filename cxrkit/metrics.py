@@ -53,11 +53,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxrkit.labels import CLASS_NAMES, NO_FINDING_BOX, NO_FINDING_ID, NUM_CLASSES
-
-BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
-PREDICTION_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS]
-TRUTH_COLUMNS = ["image_id", "class_id", *BOX_COLUMNS]
+from cxrkit.formats import BOX_COLUMNS, NO_FINDING_BOX, PREDICTION_COLUMNS, TRUTH_COLUMNS
+from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
 
 @dataclass
@@ -115,11 +112,14 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return _iou(a[:, None, :], b[None, :, :])
+    return elementwise_iou(a[:, None, :], b[None, :, :])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of broadcastable box arrays (..., 4), same formula as map-boxes."""
+def elementwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise IoU of broadcastable box arrays (..., 4), same formula as map-boxes.
+
+    The one IoU of cxrkit (:func:`iou_matrix` and the radiologist agreement use it).
+    """
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     overlap = (iw > 0) & (ih > 0)
@@ -234,7 +234,7 @@ def _match(
     first_pair = np.cumsum(count) - count
     det_of_pair = np.repeat(np.arange(n_det), count)
     truth_of_pair = order[np.repeat(start - first_pair, count) + np.arange(total)]
-    iou = _iou(det_boxes[det_of_pair], truth_boxes[truth_of_pair])
+    iou = elementwise_iou(det_boxes[det_of_pair], truth_boxes[truth_of_pair])
 
     has = count > 0
     best = np.zeros(n_det)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from cxrkit._atomic import atomic_path
+from cxrkit.errors import CheckpointError, WeightsError
 from cxrkit.labels import MODEL_NUM_CLASSES
 
 MODEL_NAMES: tuple[str, ...] = (
@@ -61,14 +62,6 @@ CXR_SMALL_ANCHOR_FRACTIONS: tuple[tuple[float, float], ...] = (
 )
 # torchvision's aspect ratio is height / width: < 1 is wide, > 1 is tall.
 CXR_SMALL_ASPECT_RATIOS: tuple[float, ...] = (0.4, 0.7, 1.0, 1.5, 2.5)
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be obtained (no internet, bad file, no such weights)."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or belongs to another model or class count."""
 
 
 # --------------------------------------------------------------------------- cxr_small

@@ -20,14 +20,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cxrkit.errors import DataNotFoundError
+
 KAGGLE_DIR = Path("/kaggle/input/vinbigdata-chest-xray-abnormalities-detection")
 KAGGLE_WORKING = Path("/kaggle/working")
 SAMPLE_VERSION = 1  # bump when cxrkit.sample changes its output, so caches are rebuilt
 DEFAULT_SAMPLE_SEED = 0
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A data folder is missing or does not have the VinBigData layout."""
 
 
 def cache_dir() -> Path:

@@ -322,11 +322,12 @@ def plot_box_stats(
 
     ``meta`` gives the original ``dim0`` (height) and ``dim1`` (width) of each image.
     """
-    from cxrkit.annotations import BOX_COLUMNS, _image_sizes, validate_meta
+    from cxrkit.annotations import sizes_of, validate_meta
+    from cxrkit.formats import BOX_COLUMNS
 
     meta = validate_meta(meta)
     boxes = df[df["class_id"].astype(np.int64) != NO_FINDING_ID].dropna(subset=BOX_COLUMNS)
-    hw = _image_sizes(boxes["image_id"].astype(str), meta, "to plot relative box sizes")
+    hw = sizes_of(boxes["image_id"].astype(str), meta, "to plot relative box sizes")
     xy = boxes[BOX_COLUMNS].to_numpy(dtype=np.float64)
     rel_w = (xy[:, 2] - xy[:, 0]) / hw[:, 1]
     rel_h = (xy[:, 3] - xy[:, 1]) / hw[:, 0]

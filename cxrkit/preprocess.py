@@ -52,17 +52,13 @@ import pandas as pd
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
-from cxrkit.paths import DataNotFoundError
+from cxrkit.errors import DataNotFoundError, PreprocessError
 
 DICOM_SUFFIXES = (".dicom", ".dcm")
 STATE_DIR = ".cxrkit-preprocess"  # journal + settings, inside OUT
 FORMAT_VERSION = 1  # bump when the pixels we write change, so old folders are not trusted
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
-
-
-class PreprocessError(RuntimeError):
-    """The output folder cannot be used as asked (e.g. it holds another size)."""
 
 
 @dataclass

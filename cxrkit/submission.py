@@ -40,16 +40,17 @@ import numpy as np
 import pandas as pd
 
 from cxrkit._atomic import write_csv_atomic
-from cxrkit.labels import NO_FINDING_BOX, NO_FINDING_ID, NUM_CLASSES
+from cxrkit.errors import SubmissionError
+from cxrkit.formats import (
+    BOX_COLUMNS,
+    NO_FINDING_BOX,
+    PREDICTION_COLUMNS,
+    SUBMISSION_COLUMNS,
+    image_sizes,
+)
+from cxrkit.labels import NO_FINDING_ID, NUM_CLASSES
 
-SUBMISSION_COLUMNS = ["image_id", "PredictionString"]
-PREDICTION_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
-BOX_COLUMNS = PREDICTION_COLUMNS[3:]
 MAX_LISTED_ERRORS = 10
-
-
-class SubmissionError(ValueError):
-    """A submission that Kaggle would reject or mis-score; the message says where and why."""
 
 
 # ----------------------------------------------------------------- building
@@ -134,8 +135,8 @@ def prediction_strings(
     f = f.iloc[np.argsort(-f["score"].to_numpy(), kind="stable")]
     boxes = np.maximum(np.rint(f[BOX_COLUMNS].to_numpy()), 0.0)
     if meta is not None:
-        m = _meta_lookup(meta, f["image_id"])
-        size = np.stack([m["dim1"], m["dim0"]], axis=1).astype(np.float64)  # (width, height)
+        hw = _meta_lookup(meta, f["image_id"])
+        size = hw[:, ::-1]  # (width, height)
         boxes[:, :2] = np.minimum(boxes[:, :2], size - 1)
         boxes[:, 2:] = np.minimum(boxes[:, 2:], size)
     boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)  # keep at least 1 px wide
@@ -163,16 +164,21 @@ def prediction_strings(
     return pd.DataFrame({"image_id": ids.to_numpy(), "PredictionString": strings})
 
 
-def _meta_lookup(meta: pd.DataFrame, image_ids: pd.Series) -> pd.DataFrame:
-    missing = [c for c in ("image_id", "dim0", "dim1") if c not in meta.columns]
-    if missing:
-        raise SubmissionError(f"meta table lacks column(s) {missing}; expected image_id,dim0,dim1")
-    m = meta.drop_duplicates("image_id").set_index("image_id")[["dim0", "dim1"]]
-    out = m.reindex(pd.Index(image_ids))
-    if out.isna().any().any():
-        absent = pd.unique(pd.Index(image_ids)[out.isna().any(axis=1).to_numpy()])
-        raise SubmissionError(f"no meta row for image(s) {list(absent[:3])}")
-    return out
+def _sizes(meta: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """image_id -> (dim0, dim1); a meta table without those columns is a SubmissionError."""
+    try:
+        return image_sizes(meta)
+    except ValueError as exc:
+        raise SubmissionError(str(exc)) from None
+
+
+def _meta_lookup(meta: pd.DataFrame, image_ids: pd.Series) -> np.ndarray:
+    """(n, 2) float array of (dim0, dim1) per id of ``image_ids``."""
+    sizes = _sizes(meta)
+    absent = [i for i in pd.unique(image_ids) if str(i) not in sizes]
+    if absent:
+        raise SubmissionError(f"no meta row for image(s) {absent[:3]}")
+    return np.array([sizes[str(i)] for i in image_ids], dtype=np.float64).reshape(-1, 2)
 
 
 # ----------------------------------------------------------------- checking
@@ -322,10 +328,7 @@ def _validate(
             errors.append(f"{source}: {len(extra)} unexpected image id(s), e.g. {list(extra[:5])}")
     sizes = None
     if meta is not None:
-        m = meta.assign(image_id=meta["image_id"].astype(str))
-        sizes = {
-            i: (int(r), int(c)) for i, r, c in zip(m["image_id"], m["dim0"], m["dim1"], strict=True)
-        }
+        sizes = _sizes(meta)
         no_meta = [i for i in ids if i not in sizes]
         if no_meta:
             errors.append(f"{source}: no meta row for image id(s) {no_meta[:5]}")

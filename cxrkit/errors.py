@@ -1,0 +1,89 @@
+"""Every error cxrkit raises on purpose, under one base class: :class:`CxrkitError`.
+
+Each error also derives from the builtin it resembles, so ``except ValueError``
+(or ``FileNotFoundError``, ``RuntimeError``) still catches it, and the command line
+reports any :class:`CxrkitError` as one line instead of a traceback. Each error is
+also importable from the module that raises it (e.g. ``cxrkit.models.CheckpointError``).
+
+>>> issubclass(AnnotationError, CxrkitError) and issubclass(AnnotationError, ValueError)
+True
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = [
+    "CxrkitError",
+    "DataNotFoundError",
+    "DicomReadError",
+    "AnnotationError",
+    "DatasetError",
+    "PreprocessError",
+    "WeightsError",
+    "CheckpointError",
+    "ResumeError",
+    "SubmissionError",
+]
+
+
+class CxrkitError(Exception):
+    """Base class: bad input or settings that cxrkit detected (not a bug in cxrkit)."""
+
+
+# ------------------------------------------------------------------ data on disk
+class DataNotFoundError(CxrkitError, FileNotFoundError):
+    """A data folder is missing or does not have the VinBigData layout."""
+
+
+class DicomReadError(CxrkitError, RuntimeError):
+    """A DICOM file could not be turned into an image; says which file and why.
+
+    Attributes:
+        path: the file, as a string.
+        reason: what is wrong with it, in words (and what to do, where known).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read DICOM file {self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from (path, reason) so the error survives multiprocessing pickling.
+        return (type(self), (self.path, self.reason))
+
+
+class PreprocessError(CxrkitError, RuntimeError):
+    """The output folder cannot be used as asked (e.g. it holds another size)."""
+
+
+# ---------------------------------------------------------------------- tables
+class AnnotationError(CxrkitError, ValueError):
+    """An annotation or meta table is malformed; the message names file, line and image."""
+
+
+class DatasetError(CxrkitError, ValueError):
+    """An image or table the dataset needs is missing or does not match."""
+
+
+class SubmissionError(CxrkitError, ValueError):
+    """A submission that Kaggle would reject or mis-score; the message says where and why."""
+
+
+# ---------------------------------------------------------------------- models
+class WeightsError(CxrkitError, RuntimeError):
+    """Pretrained weights could not be obtained (no internet, bad file, no such weights)."""
+
+
+class CheckpointError(CxrkitError, RuntimeError):
+    """A checkpoint is missing, corrupt, or belongs to another model or class count."""
+
+
+class ResumeError(CxrkitError, ValueError):
+    """A run folder cannot be resumed with these settings (another schedule, rate, size...).
+
+    Resuming continues *the same* run; a run with other settings belongs in another
+    folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
+    """

@@ -1,0 +1,231 @@
+"""One error hierarchy (cxrkit.errors) and one home for the competition's table formats."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cxrkit
+from cxrkit import errors
+from cxrkit.errors import CxrkitError
+
+PACKAGE = Path(cxrkit.__file__).parent
+
+# error -> (the builtin it resembles, the module that raised it before cxrkit.errors)
+EXPECTED: dict[str, tuple[type[Exception], str]] = {
+    "DataNotFoundError": (FileNotFoundError, "paths"),
+    "DicomReadError": (RuntimeError, "dicom"),
+    "PreprocessError": (RuntimeError, "preprocess"),
+    "AnnotationError": (ValueError, "annotations"),
+    "DatasetError": (ValueError, "data"),
+    "SubmissionError": (ValueError, "submission"),
+    "WeightsError": (RuntimeError, "models"),
+    "CheckpointError": (RuntimeError, "models"),
+    "ResumeError": (ValueError, "engine"),
+}
+
+
+def _error_classes() -> dict[str, type[Exception]]:
+    return {
+        name: obj
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == errors.__name__
+    }
+
+
+def _sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+# ------------------------------------------------------------------------ hierarchy
+
+
+def test_every_error_is_listed_here():
+    assert set(_error_classes()) == set(EXPECTED) | {"CxrkitError"}
+    assert set(errors.__all__) == set(_error_classes())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_error_derives_from_base_and_builtin(name):
+    cls = getattr(errors, name)
+    builtin, _ = EXPECTED[name]
+    assert issubclass(cls, CxrkitError)
+    assert issubclass(cls, builtin)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_error_still_importable_from_its_old_module(name):
+    _, module = EXPECTED[name]
+    assert getattr(importlib.import_module(f"cxrkit.{module}"), name) is getattr(errors, name)
+
+
+def test_base_is_public():
+    assert cxrkit.CxrkitError is CxrkitError
+    assert "CxrkitError" in cxrkit.__all__
+
+
+def test_no_error_class_defined_outside_errors_module():
+    """A new ``class XError(...)`` belongs in cxrkit/errors.py, under CxrkitError."""
+    stray = []
+    for path in _sources():
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                stray.append(f"{path.relative_to(PACKAGE)}: {node.name}")
+    assert not stray, stray
+
+
+def test_dicom_read_error_survives_pickling():
+    err = pickle.loads(pickle.dumps(errors.DicomReadError("a.dicom", "truncated")))
+    assert (err.path, err.reason, str(err)) == (
+        "a.dicom",
+        "truncated",
+        "cannot read DICOM file a.dicom: truncated",
+    )
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_cli_reports_any_cxrkit_error_in_one_line(monkeypatch, capsys):
+    """Not a list of known classes: any CxrkitError, even a new one, is bad input."""
+    from cxrkit import cli
+
+    class BrandNewError(CxrkitError):
+        pass
+
+    def boom(args):
+        raise BrandNewError("the input is wrong")
+
+    monkeypatch.setattr(cli, "_cmd_evaluate", boom)  # build_parser looks it up on each call
+    assert cli.main(["evaluate", "s.csv", "t.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err == "cxrkit evaluate: error: the input is wrong\n"
+
+
+def test_cli_lets_a_bug_through(monkeypatch):
+    from cxrkit import cli
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "_cmd_evaluate", bug)  # build_parser looks it up on each call
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["evaluate", "s.csv", "t.csv"])
+
+
+def test_cli_bad_input_is_one_stderr_line(tmp_path):
+    """A real bad input (a box on an image the meta table lacks): one line, exit 2."""
+    train = tmp_path / "train.csv"
+    train.write_text(
+        "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+        "img_a,Cardiomegaly,3,R1,10,20,110,120\n"
+        "img_b,Cardiomegaly,3,R1,10,20,110,120\n"
+    )
+    meta = tmp_path / "meta.csv"
+    meta.write_text("image_id,dim0,dim1\nimg_a,200,200\n")
+    out = tmp_path / "fused.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "fuse", str(train), str(out), "--meta", str(meta)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("cxrkit fuse: error:") and "img_b" in proc.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- table formats
+
+FORMAT_NAMES = (
+    "BOX_COLUMNS",
+    "TRAIN_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "TRUTH_COLUMNS",
+    "META_COLUMNS",
+    "SUBMISSION_COLUMNS",
+    "NO_FINDING_BOX",
+)
+
+
+def _assigned_names(tree: ast.Module) -> set[str]:
+    """Names bound by an assignment at the top level of a module."""
+    names: set[str] = set()
+    for node in tree.body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_each_table_format_is_defined_once():
+    homes: dict[str, list[str]] = {name: [] for name in FORMAT_NAMES}
+    for path in _sources():
+        assigned = _assigned_names(ast.parse(path.read_text()))
+        for name in FORMAT_NAMES:
+            if name in assigned:
+                homes[name].append(str(path.relative_to(PACKAGE)))
+    assert all(where == ["formats.py"] for where in homes.values()), homes
+
+
+def test_old_import_paths_of_the_formats_still_work():
+    from cxrkit import annotations, formats, labels, metrics, submission
+
+    assert labels.NO_FINDING_BOX is formats.NO_FINDING_BOX == (0.0, 0.0, 1.0, 1.0)
+    assert annotations.BOX_COLUMNS is formats.BOX_COLUMNS
+    assert annotations.TRAIN_COLUMNS is formats.TRAIN_COLUMNS
+    assert submission.PREDICTION_COLUMNS is metrics.PREDICTION_COLUMNS is formats.PREDICTION_COLUMNS
+
+
+def test_no_module_reads_a_private_name_of_another():
+    """``from cxrkit.x import _name`` couples two files; make the name public instead."""
+    private = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cxrkit."):
+                if node.module.split(".")[-1].startswith("_"):
+                    continue  # a private helper module (cxrkit._atomic) is shared on purpose
+                private += [
+                    f"{path.relative_to(PACKAGE)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
+    assert not private, private
+
+
+def test_image_sizes():
+    import pandas as pd
+
+    from cxrkit.formats import image_sizes
+
+    table = pd.DataFrame({"image_id": ["a", "b", "a"], "dim0": [3, 5, 9], "dim1": [4, 6, 9]})
+    assert image_sizes(table) == {"a": (3, 4), "b": (5, 6)}  # the first row of an id wins
+    assert image_sizes(table.iloc[:2].set_index("image_id")) == {"a": (3, 4), "b": (5, 6)}
+    assert image_sizes({1: (3.0, 4.0)}) == {"1": (3, 4)}
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['dim1'\]"):
+        image_sizes(table.drop(columns="dim1"))
+
+
+def test_one_iou():
+    import numpy as np
+
+    from cxrkit.metrics import elementwise_iou, iou_matrix
+
+    a = np.array([[0, 0, 10, 10], [0, 0, 2, 2]], dtype=float)
+    b = np.array([[5, 5, 15, 15], [3, 3, 4, 4]], dtype=float)
+    np.testing.assert_allclose(elementwise_iou(a, b), [25 / 175, 0.0])
+    np.testing.assert_allclose(iou_matrix(a, b)[0], [25 / 175, 0.01])
