@@ -34,26 +34,6 @@ NUM_FINDINGS: int = 14  # class ids 0..13 carry boxes
 NUM_CLASSES: int = 15  # for the competition metric: 14 findings + No finding
 MODEL_NUM_CLASSES: int = NUM_FINDINGS + 1  # torchvision: background + 14 findings
 
-# Share of each class among the boxes of the real train.csv (67,914 rows), used by
-# the sample generator so that the synthetic data is as imbalanced as the real one.
-REAL_ROW_COUNTS: dict[int, int] = {
-    0: 7162,
-    1: 279,
-    2: 960,
-    3: 5427,
-    4: 556,
-    5: 1000,
-    6: 1247,
-    7: 2483,
-    8: 2580,
-    9: 2203,
-    10: 2476,
-    11: 4842,
-    12: 226,
-    13: 4655,
-    14: 31818,
-}
-
 # One distinct colour per class (tab20-like, colour-blind friendlier order).
 CLASS_COLORS: tuple[str, ...] = (
     "#e6194b",

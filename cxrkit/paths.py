@@ -21,10 +21,11 @@ import tempfile
 from pathlib import Path
 
 from cxrkit.errors import DataNotFoundError
+# Light: only the sample's constants load here; the generator loads in sample_dir.
+from cxrkit.sample import MARKER_NAME, SAMPLE_VERSION
 
 KAGGLE_DIR = Path("/kaggle/input/vinbigdata-chest-xray-abnormalities-detection")
 KAGGLE_WORKING = Path("/kaggle/working")
-SAMPLE_VERSION = 1  # bump when cxrkit.sample changes its output, so caches are rebuilt
 DEFAULT_SAMPLE_SEED = 0
 
 
@@ -107,5 +108,5 @@ def find_data(data_dir: str | os.PathLike | None = None) -> Path:
 def is_sample(data_dir: str | os.PathLike) -> bool:
     """True when ``data_dir`` is a generated sample (it carries ``test_labels.csv``)."""
     return (Path(data_dir) / "test_labels.csv").is_file() and (
-        Path(data_dir) / ".cxrkit-sample"
+        Path(data_dir) / MARKER_NAME
     ).is_file()

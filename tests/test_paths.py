@@ -79,3 +79,31 @@ def test_work_dir_prefers_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRKIT_WORK", str(tmp_path / "work"))
     assert paths.work_dir("runs") == tmp_path / "work" / "runs"
     assert (tmp_path / "work" / "runs").is_dir()
+
+
+def test_sample_folder_name_and_marker_version_agree(sample_data, tmp_path, monkeypatch):
+    """The cache folder is named after the version the generator writes in its marker."""
+    from cxrkit.sample import MARKER_NAME, SAMPLE_VERSION
+
+    assert paths.SAMPLE_VERSION == SAMPLE_VERSION == 1
+    assert paths.DEFAULT_SAMPLE_SEED == 0
+    assert f"version={SAMPLE_VERSION}\n" in (sample_data / MARKER_NAME).read_text()
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path))
+    with pytest.raises(paths.DataNotFoundError, match="sample-v1-seed0"):
+        paths.sample_dir(generate=False)
+
+
+def test_paths_stays_light_and_the_generator_never_imports_it():
+    """No import cycle: only paths imports sample, and only its constants until needed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cxrkit.paths; heavy = {'cv2', 'pandas', 'pydicom'} & set(sys.modules); "
+        "import cxrkit.sample.generate; print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import sys, cxrkit.sample.generate; print('cxrkit.paths' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,132 @@
+"""Write a whole synthetic sample folder: plan, draw, store as DICOM, then the CSVs.
+
+This is :func:`cxrkit.sample.generate_sample`, run by ``python -m cxrkit sample``
+and, on first use, by :func:`cxrkit.paths.sample_dir` for the notebooks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrkit._atomic import atomic_path, write_csv_atomic
+from cxrkit._progress import tqdm
+from cxrkit.sample.dicom_writer import to_dicom
+from cxrkit.sample.layout import MARKER_NAME, NO_FINDING_PREDICTION, SAMPLE_VERSION
+from cxrkit.sample.plan import CaseSpec, plan_cases
+from cxrkit.sample.render import render_case
+from cxrkit.sample.reports import frame, radiologist_rows, truth_rows
+
+__all__ = ["generate_sample"]
+
+
+def _check_args(seed: int, n_train: int, n_test: int) -> None:
+    for name, value, least in (("n_train", n_train, 1), ("n_test", n_test, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Make ``out`` ready: empty, or a previous sample (whose files are removed first)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER_NAME).is_file():
+            found = sorted(p.name for p in out.iterdir())[:5]
+            raise FileExistsError(
+                f"{out} is not empty and is not a cxrkit sample (found {found}); "
+                "choose an empty or new folder"
+            )
+        for name in ("train.csv", "test_labels.csv", "sample_submission.csv"):
+            (out / name).unlink(missing_ok=True)
+        for sub in ("train", "test"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def generate_sample(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 200,
+    n_test: int = 50,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic VinBigData-style dataset to ``out_dir`` and return its path.
+
+    ``out_dir`` must be empty, new, or a previous sample (which is replaced).
+    The same ``seed`` and counts give byte-identical files. The CSVs are written
+    last, so a folder with ``train.csv`` is always complete.
+
+    Example::
+
+        >>> from cxrkit.sample import generate_sample
+        >>> root = generate_sample("/tmp/vinbig-sample", seed=0)   # ~1 minute
+        >>> sorted(p.name for p in root.iterdir())
+        ['.cxrkit-sample', 'sample_submission.csv', 'test', 'test_labels.csv', 'train', 'train.csv']
+    """
+    _check_args(seed, n_train, n_test)
+    seed, n_train, n_test = int(seed), int(n_train), int(n_test)
+
+    out = Path(out_dir).expanduser()
+    _prepare_out_dir(out)
+    # The marker first claims the folder (a rerun may then clean it); the CSVs
+    # that make it usable come last.
+    marker = (
+        f"cxrkit synthetic VinBigData sample\nversion={SAMPLE_VERSION}\nseed={seed}\n"
+        f"n_train={n_train}\nn_test={n_test}\n"
+    )
+    with atomic_path(out / MARKER_NAME) as tmp:
+        tmp.write_text(marker)
+
+    train_rows: list[dict] = []
+    truth: list[dict] = []
+    test_ids: list[str] = []
+    bar_options = {} if progress else {"disable": True}  # else TQDM_DISABLE decides
+    cases = plan_cases(seed, n_train, n_test)
+    for spec in tqdm(cases, desc="sample images", unit="img", **bar_options):
+        image_id, rows = _write_case(spec, out)
+        if spec.split == "train":
+            train_rows += rows
+        else:
+            test_ids.append(image_id)
+            truth += rows
+
+    submission = pd.DataFrame({"image_id": test_ids, "PredictionString": NO_FINDING_PREDICTION})
+    write_csv_atomic(submission, out / "sample_submission.csv")
+    write_csv_atomic(frame(truth), out / "test_labels.csv")
+    write_csv_atomic(frame(train_rows), out / "train.csv")
+    return out
+
+
+def _write_case(spec: CaseSpec, out: Path) -> tuple[str, list[dict]]:
+    """Draw one case, write its DICOM; return its image id and its label rows.
+
+    Train images get what the radiologists wrote, test images their exact truth.
+    """
+    rendered = render_case(spec)
+    rng = spec.rng(stream=1)
+    ds = to_dicom(rendered, spec, rng)
+    image_id = rendered.meta["image_id"]
+    path = out / spec.split / f"{image_id}.dicom"
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    if spec.split == "train":
+        rows = radiologist_rows(
+            image_id,
+            rendered.class_ids,
+            rendered.boxes,
+            rendered.meta["rows"],
+            rendered.meta["cols"],
+            rng,
+        )
+    else:
+        rows = truth_rows(image_id, rendered.class_ids, rendered.boxes)
+    return image_id, rows
