@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from cxrkit.errors import DataNotFoundError
+
 # Light: only the sample's constants load here; the generator loads in sample_dir.
 from cxrkit.sample import MARKER_NAME, SAMPLE_VERSION
 
