@@ -116,13 +116,16 @@ def main() -> None:
     parser.add_argument(
         "--root", type=Path, help="folder for runs and logs (default: a new temporary one)"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="summarise the logs under --root, run nothing"
+    )
     args = parser.parse_args()
     root = (args.root or Path(tempfile.mkdtemp(prefix="cxrkit-spread-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / "figures").mkdir(exist_ok=True)  # find_figures_dir() stops at the first figures/
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; runs in {root}", flush=True)
 
-    for name in args.configs:
+    for name in [] if args.report_only else args.configs:
         env = config_env(name, root)
         Path(env["CXRKIT_CHECK_LOG"]).unlink(missing_ok=True)
         seed = int(CONFIG.match(name)["seed"])
