@@ -122,62 +122,77 @@ def _bad(tmp_path, rows: list[str]) -> str:
     return message
 
 
-def test_finding_without_box(tmp_path):
-    message = _bad(tmp_path, with_row(1, "img_a,Cardiomegaly,3,R2,,,,"))
-    assert "line 3, image_id 'img_a'" in message
-    assert "finding 3 (Cardiomegaly) has no box" in message
+# (row index replaced, the bad row, what the message must say about it)
+BAD_ROWS = {
+    "finding_without_box": (
+        1,
+        "img_a,Cardiomegaly,3,R2,,,,",
+        ["line 3, image_id 'img_a'", "finding 3 (Cardiomegaly) has no box"],
+    ),
+    "finding_with_partial_box": (
+        6,
+        "img_c,Nodule/Mass,8,R4,5,5,,15",
+        ["line 8, image_id 'img_c'", "has no box"],
+    ),
+    "no_finding_with_box": (
+        3,
+        "img_b,No finding,14,R1,0,0,1,1",
+        ["line 5, image_id 'img_b'", "'No finding' row (class_id 14) has a box"],
+    ),
+    "x_max_not_greater_than_x_min": (
+        0,
+        "img_a,Cardiomegaly,3,R1,110,20,110,120",
+        ["line 2, image_id 'img_a': x_max 110 <= x_min 110"],
+    ),
+    "y_max_not_greater_than_y_min": (
+        1,
+        "img_a,Cardiomegaly,3,R2,12,122,108,118",
+        ["line 3, image_id 'img_a': y_max 118 <= y_min 122"],
+    ),
+    "negative_coordinate": (
+        7,
+        "img_c,Aortic enlargement,0,R5,-4,10,60,30",
+        ["line 9, image_id 'img_c': negative coordinate"],
+    ),
+    "non_numeric_coordinate": (
+        0,
+        "img_a,Cardiomegaly,3,R1,10,twenty,110,120",
+        ["line 2, image_id 'img_a': y_min 'twenty' is not a finite number"],
+    ),
+    "unknown_class_id": (
+        6,
+        "img_c,Nodule/Mass,15,R4,5,5,15,15",
+        ["line 8, image_id 'img_c': unknown class_id 15"],
+    ),
+    "non_integer_class_id": (
+        6,
+        "img_c,Nodule/Mass,eight,R4,5,5,15,15",
+        ["line 8, image_id 'img_c': class_id 'eight' is not an integer"],
+    ),
+    "class_name_mismatch": (
+        7,
+        "img_c,Nodule/Mass,0,R5,40,10,60,30",
+        [
+            "line 9, image_id 'img_c': class_name 'Nodule/Mass' does not match class_id 0",
+            "'Aortic enlargement'",
+        ],
+    ),
+    "empty_image_id": (
+        0,
+        ",Cardiomegaly,3,R1,10,20,110,120",
+        ["line 2, image_id '': image_id is empty"],
+    ),
+}
 
 
-def test_finding_with_partial_box(tmp_path):
-    message = _bad(tmp_path, with_row(6, "img_c,Nodule/Mass,8,R4,5,5,,15"))
-    assert "line 8, image_id 'img_c'" in message and "has no box" in message
-
-
-def test_no_finding_with_box(tmp_path):
-    message = _bad(tmp_path, with_row(3, "img_b,No finding,14,R1,0,0,1,1"))
-    assert "line 5, image_id 'img_b'" in message
-    assert "'No finding' row (class_id 14) has a box" in message
-
-
-def test_x_max_not_greater_than_x_min(tmp_path):
-    message = _bad(tmp_path, with_row(0, "img_a,Cardiomegaly,3,R1,110,20,110,120"))
-    assert "line 2, image_id 'img_a': x_max 110 <= x_min 110" in message
-
-
-def test_y_max_not_greater_than_y_min(tmp_path):
-    message = _bad(tmp_path, with_row(1, "img_a,Cardiomegaly,3,R2,12,122,108,118"))
-    assert "line 3, image_id 'img_a': y_max 118 <= y_min 122" in message
-
-
-def test_negative_coordinate(tmp_path):
-    message = _bad(tmp_path, with_row(7, "img_c,Aortic enlargement,0,R5,-4,10,60,30"))
-    assert "line 9, image_id 'img_c': negative coordinate" in message
-
-
-def test_non_numeric_coordinate(tmp_path):
-    message = _bad(tmp_path, with_row(0, "img_a,Cardiomegaly,3,R1,10,twenty,110,120"))
-    assert "line 2, image_id 'img_a': y_min 'twenty' is not a finite number" in message
-
-
-def test_unknown_class_id(tmp_path):
-    message = _bad(tmp_path, with_row(6, "img_c,Nodule/Mass,15,R4,5,5,15,15"))
-    assert "line 8, image_id 'img_c': unknown class_id 15" in message
-
-
-def test_non_integer_class_id(tmp_path):
-    message = _bad(tmp_path, with_row(6, "img_c,Nodule/Mass,eight,R4,5,5,15,15"))
-    assert "line 8, image_id 'img_c': class_id 'eight' is not an integer" in message
-
-
-def test_class_name_mismatch(tmp_path):
-    message = _bad(tmp_path, with_row(7, "img_c,Nodule/Mass,0,R5,40,10,60,30"))
-    assert "line 9, image_id 'img_c': class_name 'Nodule/Mass' does not match class_id 0" in message
-    assert "'Aortic enlargement'" in message
-
-
-def test_empty_image_id(tmp_path):
-    message = _bad(tmp_path, with_row(0, ",Cardiomegaly,3,R1,10,20,110,120"))
-    assert "line 2, image_id '': image_id is empty" in message
+@pytest.mark.parametrize(("index", "row", "expected"), BAD_ROWS.values(), ids=BAD_ROWS.keys())
+def test_bad_row_is_named_by_file_line_and_image(
+    tmp_path, index: int, row: str, expected: list[str]
+):
+    """One bad row: the message names the file, the line, the image and the problem."""
+    message = _bad(tmp_path, with_row(index, row))
+    for fragment in expected:
+        assert fragment in message
 
 
 def test_many_problems_are_counted_and_truncated(tmp_path):
