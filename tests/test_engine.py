@@ -174,6 +174,7 @@ def test_evaluate_scores_a_perfect_model_at_one(fused, preprocessed):
     assert 14 in result["ap"] or not (fused["class_id"] == 14).any()
 
 
+@pytest.mark.slow
 def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
     kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
@@ -199,6 +200,7 @@ def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
     """The saved optimizer/scheduler would silently override a new rate or schedule."""
     kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
@@ -220,6 +222,7 @@ def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
     assert resume(1).epochs_done == 1  # same settings: nothing left to do, no error
 
 
+@pytest.mark.slow
 def test_train_predict_evaluate_commands(sample_data, preprocessed, tmp_path, capsys):
     """The CLI path end to end on the tiny sample (1 short epoch)."""
     from cxrkit.cli import main

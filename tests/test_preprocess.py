@@ -212,6 +212,7 @@ def test_other_size_in_the_same_folder_is_refused(src, tmp_path):
         preprocess_dicoms(src, out, size=64, workers=1)
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     """SIGKILL the command line while it converts, run it again, compare byte for byte."""
     src = tmp_path / "src"
