@@ -1,12 +1,13 @@
-"""Shared fixtures: a small generated sample and its preprocessed PNGs.
+"""Shared fixtures: a small generated sample and its preprocessed PNGs, a few DICOMs.
 
-Both are made once per test session in a temporary folder, so tests never
+The sample is made once per test session in a temporary folder, so tests never
 depend on the user's cache, on ``../shared`` or on the network.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,19 @@ def preprocessed(sample_data, tmp_path_factory):
     report = preprocess_dicoms(sample_data, out, size=256, workers=1)
     assert not report.failed, report.failed
     return out
+
+
+@pytest.fixture()
+def src(tmp_path) -> Path:
+    """5 train + 2 test DICOMs of different shapes (one MONOCHROME1, one 14-bit)."""
+    from helpers import write_dicom
+
+    root = tmp_path / "src"
+    shapes = [(200, 160), (160, 200), (300, 256), (128, 128), (257, 199)]
+    for i, (r, c) in enumerate(shapes):
+        write_dicom(
+            root / "train" / f"tr{i}.dicom", r, c, seed=i, mono1=i == 1, bits=14 if i == 2 else 12
+        )
+    for i in range(2):
+        write_dicom(root / "test" / f"te{i}.dicom", 180 + i, 150, seed=10 + i)
+    return root

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from ensemble_boxes import weighted_boxes_fusion
+from helpers import (
+    GOOD_ROWS,
+    HEADER,
+    META,
+    assert_same_boxes,
+    direct_wbf,
+    with_row,
+    write_blank_dicom,
+    write_csv,
+)
 
 from cxrkit.annotations import (
     BOX_COLUMNS,
@@ -27,35 +35,6 @@ from cxrkit.annotations import (
     validate_annotations,
 )
 from cxrkit.labels import CLASS_NAMES
-
-HEADER = ",".join(TRAIN_COLUMNS)
-GOOD_ROWS = [
-    "img_a,Cardiomegaly,3,R1,10,20,110,120",
-    "img_a,Cardiomegaly,3,R2,12,22,108,118",
-    "img_a,No finding,14,R3,,,,",
-    "img_b,No finding,14,R1,,,,",
-    "img_b,No finding,14,R2,,,,",
-    "img_b,No finding,14,R3,,,,",
-    "img_c,Nodule/Mass,8,R4,5,5,15,15",
-    "img_c,Aortic enlargement,0,R5,40,10,60,30",
-    "img_c,Nodule/Mass,8,R5,6,6,16,16",
-]
-META = pd.DataFrame(
-    {"image_id": ["img_a", "img_b", "img_c"], "dim0": [200, 300, 100], "dim1": [150, 300, 120]}
-)
-
-
-def write_csv(folder: Path, rows: list[str], name: str = "train.csv", header: str = HEADER) -> Path:
-    path = folder / name
-    path.write_text("\n".join([header, *rows]) + "\n")
-    return path
-
-
-def with_row(index: int, row: str) -> list[str]:
-    rows = list(GOOD_ROWS)
-    rows[index] = row
-    return rows
-
 
 # --------------------------------------------------------------------------- loading
 
@@ -250,27 +229,9 @@ def test_load_meta_non_positive(tmp_path, value):
         load_meta(path)
 
 
-def _write_dicom(path: Path, rows: int, cols: int) -> None:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=file_meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = bytes(rows * cols)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_meta_from_dicoms(tmp_path):
-    _write_dicom(tmp_path / "img_a.dicom", 20, 15)
-    _write_dicom(tmp_path / "img_b.dcm", 7, 9)
+    write_blank_dicom(tmp_path / "img_a.dicom", 20, 15)
+    write_blank_dicom(tmp_path / "img_b.dcm", 7, 9)
     (tmp_path / "notes.txt").write_text("not a dicom")
     meta = meta_from_dicoms(tmp_path)
     assert meta.to_dict("list") == {
@@ -281,7 +242,7 @@ def test_meta_from_dicoms(tmp_path):
 
 
 def test_meta_from_dicoms_names_unreadable_files(tmp_path):
-    _write_dicom(tmp_path / "good.dicom", 4, 4)
+    write_blank_dicom(tmp_path / "good.dicom", 4, 4)
     (tmp_path / "broken.dicom").write_bytes(b"garbage" * 10)
     with pytest.raises(AnnotationError, match=r"1 unreadable DICOM file\(s\):\n  broken\.dicom"):
         meta_from_dicoms(tmp_path)
@@ -294,41 +255,6 @@ def test_meta_from_dicoms_empty_folder_hint(tmp_path):
 
 
 # --------------------------------------------------------------------------- fusion
-
-
-def direct_wbf(ann: pd.DataFrame, meta: pd.DataFrame, iou_thr: float = 0.4) -> pd.DataFrame:
-    """Reference: call ensemble_boxes by hand, one list per radiologist, image by image."""
-    sizes = meta.set_index("image_id")
-    rows = []
-    for image_id, image in ann.groupby("image_id", sort=False):
-        findings = image[image["class_id"] != 14]
-        if findings.empty:
-            rows.append((image_id, 14, np.nan, np.nan, np.nan, np.nan))
-            continue
-        h, w = sizes.loc[image_id, "dim0"], sizes.loc[image_id, "dim1"]
-        boxes_list, scores_list, labels_list = [], [], []
-        for _, reader in image.groupby("rad_id", sort=False):
-            reader = reader[reader["class_id"] != 14]
-            boxes_list.append((reader[BOX_COLUMNS].to_numpy() / [w, h, w, h]).tolist())
-            scores_list.append([1.0] * len(reader))
-            labels_list.append(reader["class_id"].tolist())
-        boxes, _, labels = weighted_boxes_fusion(
-            boxes_list, scores_list, labels_list, iou_thr=iou_thr, skip_box_thr=0.0
-        )
-        for box, label in zip(boxes * [w, h, w, h], labels, strict=True):
-            rows.append((image_id, int(label), *box))
-    return pd.DataFrame(rows, columns=["image_id", "class_id", *BOX_COLUMNS])
-
-
-def assert_same_boxes(ours: pd.DataFrame, reference: pd.DataFrame) -> None:
-    key = ["image_id", "class_id", *BOX_COLUMNS]
-    a = ours[key].sort_values(key, ignore_index=True)
-    b = reference[key].sort_values(key, ignore_index=True)
-    assert a["image_id"].tolist() == b["image_id"].tolist()
-    assert a["class_id"].tolist() == b["class_id"].tolist()
-    np.testing.assert_allclose(
-        a[BOX_COLUMNS].to_numpy(float), b[BOX_COLUMNS].to_numpy(float), rtol=0, atol=1e-9
-    )
 
 
 @pytest.fixture
@@ -510,76 +436,6 @@ def test_radiologist_agreement(small_ann):
     assert strict.loc[3, "matched"] == 0.0
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def test_cli_fuse_with_meta(tmp_path, capsys):
-    from cxrkit.cli import main
-
-    train = write_csv(tmp_path, GOOD_ROWS)
-    meta = tmp_path / "meta.csv"
-    META.to_csv(meta, index=False)
-    out = tmp_path / "out" / "fused.csv"
-    assert main(["fuse", str(train), str(out), "--meta", str(meta), "--iou", "0.8"]) == 0
-    assert "into 5 rows over 3 images" in capsys.readouterr().out
-    fused = load_annotations(out)
-    assert_same_boxes(fused, direct_wbf(load_annotations(train), META, 0.8))
-
-
-def test_cli_fuse_with_dicoms(tmp_path, capsys):
-    from cxrkit.cli import main
-
-    dicoms = tmp_path / "train"
-    dicoms.mkdir()
-    for image_id, h, w in META.itertuples(index=False):
-        _write_dicom(dicoms / f"{image_id}.dicom", h, w)
-    out = tmp_path / "fused.csv"
-    assert (
-        main(["fuse", str(write_csv(tmp_path, GOOD_ROWS)), str(out), "--dicoms", str(dicoms)]) == 0
-    )
-    assert len(pd.read_csv(out)) == 4
-
-
-def test_cli_fuse_bad_input_exit_2(tmp_path, capsys):
-    from cxrkit.cli import main
-
-    train = write_csv(tmp_path, with_row(1, "img_a,Cardiomegaly,3,R2,,,,"))
-    meta = tmp_path / "meta.csv"
-    META.to_csv(meta, index=False)
-    out = tmp_path / "fused.csv"
-    assert main(["fuse", str(train), str(out), "--meta", str(meta)]) == 2
-    err = capsys.readouterr().err
-    assert "cxrkit fuse: error:" in err and "train.csv" in err and "line 3, image_id 'img_a'" in err
-    assert not out.exists()
-
-
-def test_cli_fuse_subprocess_bad_meta(tmp_path):
-    import subprocess
-    import sys
-
-    train = write_csv(tmp_path, GOOD_ROWS)
-    meta = tmp_path / "meta.csv"
-    META.iloc[:1].to_csv(meta, index=False)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cxrkit",
-            "fuse",
-            str(train),
-            str(tmp_path / "f.csv"),
-            "--meta",
-            str(meta),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "missing from the meta table" in proc.stderr and "img_c" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 # --------------------------------------------------------------------------- generated sample
 
 
@@ -607,25 +463,6 @@ def test_sample_meta_and_fusion_match_ensemble_boxes(sample_data):
         fused.loc[found, "x_max"].to_numpy()
         <= sizes.loc[found.to_numpy(), "dim1"].to_numpy() + 1e-6
     ).all()
-
-
-def test_sample_cli_fuse_with_dicoms(sample_data, tmp_path, capsys):
-    from cxrkit.cli import main
-
-    out = tmp_path / "fused.csv"
-    argv = [
-        "fuse",
-        str(sample_data / "train.csv"),
-        str(out),
-        "--dicoms",
-        str(sample_data / "train"),
-    ]
-    assert main(argv) == 0
-    assert "fused" in capsys.readouterr().out
-    fused = load_annotations(out)
-    assert (fused["rad_id"] == "wbf").all()
-    table = radiologist_agreement(load_annotations(sample_data / "train.csv"))
-    assert table["matched"].between(0, 1).all() and (table["boxes"] > 0).all()
 
 
 def test_fuse_boxes_bad_parameters(small_ann):

@@ -1,4 +1,4 @@
-"""DICOM -> PNG preprocessing: sizes, meta, pixels, resuming after a real kill, bad inputs."""
+"""DICOM -> PNG preprocessing: sizes, meta, pixels, resuming, bad inputs (the command: test_cli.py)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from helpers import PATIENT, output_files
 
 from cxrkit.dicom import read_xray
 from cxrkit.paths import DataNotFoundError
 from cxrkit.preprocess import (
-    STATE_DIR,
     PreprocessError,
     convert_one,
     ensure_preprocessed,
@@ -33,90 +24,6 @@ from cxrkit.preprocess import (
     png_is_complete,
     preprocess_dicoms,
 )
-
-PATIENT = {
-    "PatientName": "Doe^Jane",
-    "PatientBirthDate": "19570704",
-    "PatientAge": "061Y",
-    "InstitutionName": "St Elsewhere Hospital",
-}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_dicom(
-    path: Path,
-    rows: int,
-    cols: int,
-    *,
-    seed: int = 0,
-    bits: int = 12,
-    mono1: bool = False,
-    compress: bool = False,
-) -> Path:
-    """A small radiograph-like DICOM (smooth gradient + noise) with patient tags."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:rows, 0:cols]
-    arr = (np.sin(x / 37 + seed) + np.cos(y / 53)) * 0.25 + 0.5
-    arr = (arr * (2**bits - 1) + rng.normal(0, 20, arr.shape)).clip(0, 2**bits - 1)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    for key, value in PATIENT.items():
-        setattr(ds, key, value)
-    ds.PatientID, ds.PatientSex = path.stem, "F"
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", rows, cols, 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if mono1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.PixelData = arr.astype(np.uint16).tobytes()
-    if compress:
-        ds.compress(JPEG2000Lossless)  # slow to decode, like part of the real data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-@pytest.fixture()
-def src(tmp_path) -> Path:
-    """5 train + 2 test DICOMs of different shapes (one MONOCHROME1, one 14-bit)."""
-    root = tmp_path / "src"
-    shapes = [(200, 160), (160, 200), (300, 256), (128, 128), (257, 199)]
-    for i, (r, c) in enumerate(shapes):
-        write_dicom(
-            root / "train" / f"tr{i}.dicom", r, c, seed=i, mono1=i == 1, bits=14 if i == 2 else 12
-        )
-    for i in range(2):
-        write_dicom(root / "test" / f"te{i}.dicom", 180 + i, 150, seed=10 + i)
-    return root
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    """Every output file except the resume journal, by relative path."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and STATE_DIR not in p.parts
-    }
-
-
-def _run_cli(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cxrkit", "preprocess", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
 
 # --------------------------------------------------------------------------- basics
 
@@ -157,7 +64,7 @@ def test_parallel_workers_give_identical_files(src, tmp_path):
     preprocess_dicoms(src, tmp_path / "one", size=48, workers=1)
     report = preprocess_dicoms(src, tmp_path / "two", size=48, workers=2)
     assert report.converted == 7
-    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    assert output_files(tmp_path / "one") == output_files(tmp_path / "two")
 
 
 def test_no_patient_data_is_copied(src, tmp_path):
@@ -191,7 +98,7 @@ def _png_chunks(data: bytes) -> list[str]:
 def test_second_run_skips_and_redoes_what_is_missing(src, tmp_path):
     out = tmp_path / "out"
     preprocess_dicoms(src, out, size=32, workers=1)
-    reference = _files(out)
+    reference = output_files(out)
     report = preprocess_dicoms(src, out, size=32, workers=1)
     assert (report.converted, report.skipped) == (0, 7)
     # a deleted PNG, a truncated PNG (e.g. copied by hand), a stray temp file of a killed run
@@ -202,7 +109,7 @@ def test_second_run_skips_and_redoes_what_is_missing(src, tmp_path):
     (out / "train" / ".tr2.png.abc123.tmp.png").write_bytes(b"half")
     report = preprocess_dicoms(src, out, size=32, workers=1)
     assert (report.converted, report.skipped) == (2, 5)
-    assert _files(out) == reference
+    assert output_files(out) == reference
 
 
 def test_other_size_in_the_same_folder_is_refused(src, tmp_path):
@@ -212,60 +119,7 @@ def test_other_size_in_the_same_folder_is_refused(src, tmp_path):
         preprocess_dicoms(src, out, size=64, workers=1)
 
 
-@pytest.mark.slow
-def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
-    """SIGKILL the command line while it converts, run it again, compare byte for byte."""
-    src = tmp_path / "src"
-    n = 24
-    for i in range(n):  # JPEG 2000: slow enough to decode that we can kill in the middle
-        write_dicom(src / "train" / f"img{i:02d}.dicom", 512, 448, seed=i, compress=True)
-    reference = tmp_path / "reference"
-    preprocess_dicoms(src, reference, size=64, workers=1)
-
-    out = tmp_path / "out"
-    proc = _run_cli(str(src), str(out), "--size", "64", "--workers", "1")
-    deadline = time.monotonic() + 60
-    n_done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        n_done = len(list((out / "train").glob("*.png"))) if (out / "train").is_dir() else 0
-        if n_done >= 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"not killed midway: {proc.communicate()}"
-    assert n_done < n
-    assert not (out / "train_meta.csv").exists()  # written only at the end
-
-    proc = _run_cli(str(src), str(out), "--size", "64", "--workers", "1")
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "already done" in stdout
-    assert _files(out) == _files(reference)
-    pngs = sorted((out / "train").glob("*.png"))
-    assert len(pngs) == n
-    assert all(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) is not None for p in pngs)
-    assert not [p for p in out.rglob(".*") if STATE_DIR not in p.parts]  # no temp files
-
-
 # --------------------------------------------------------------------------- bad inputs
-
-
-def test_broken_dicoms_are_listed_and_the_rest_converted(src, tmp_path):
-    (src / "train" / "garbage.dicom").write_bytes(b"this is not a DICOM file at all" * 10)
-    good = (src / "train" / "tr2.dicom").read_bytes()
-    (src / "train" / "truncated.dicom").write_bytes(good[: len(good) // 2])
-    out = tmp_path / "out"
-    proc = _run_cli(str(src), str(out), "--size", "32", "--workers", "2")
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, (stdout, stderr)
-    assert "2 failed" in stdout and "garbage.dicom" in stdout and "truncated.dicom" in stdout
-    errors = pd.read_csv(out / "errors.csv")
-    assert sorted(Path(p).name for p in errors["path"]) == ["garbage.dicom", "truncated.dicom"]
-    assert errors["reason"].str.len().min() > 5  # a reason, not an empty cell
-    meta = pd.read_csv(out / "train_meta.csv")
-    assert meta["image_id"].tolist() == [f"tr{i}" for i in range(5)]
-    assert sorted(p.stem for p in (out / "train").glob("*.png")) == meta["image_id"].tolist()
 
 
 def test_missing_or_empty_folders_are_clear_errors(tmp_path):
@@ -277,9 +131,6 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
         preprocess_dicoms(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(DataNotFoundError, match="does not exist"):
         preprocess_dicoms(tmp_path / "missing", tmp_path / "out")
-    proc = _run_cli(str(tmp_path / "nothing"), str(tmp_path / "out"))
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and "train/ or test/" in stderr and "Traceback" not in stderr
 
 
 def test_convert_one_raises_for_a_missing_file(tmp_path):
