@@ -6,7 +6,9 @@ that build inputs are in ``helpers.py``; fixtures in ``conftest.py``.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,12 +54,33 @@ def _run_preprocess(*args: str, **kw) -> subprocess.Popen:
 # --------------------------------------------------------------------------- help
 
 
+def _subcommands() -> set[str]:
+    """The subcommand names argparse knows, read from the parser itself."""
+    from cxrkit.cli import build_parser
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(actions) == 1, actions
+    return set(actions[0].choices)
+
+
 def test_cli_help_lists_every_command():
+    """``--help`` lists exactly the parser's subcommands, one per line of its command list."""
     out = subprocess.run(
-        [sys.executable, "-m", "cxrkit", "--help"], capture_output=True, text=True, check=True
-    )
-    for command in ["sample", "fuse", "preprocess", "train", "predict", "evaluate"]:
-        assert command in out.stdout
+        [sys.executable, "-m", "cxrkit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "100"},
+    ).stdout
+    commands = _subcommands()
+    assert {"sample", "fuse", "preprocess", "train", "predict", "evaluate"} <= commands
+    # argparse prints "  {a,b,...}" then one "    name   help" line per command
+    listed = out.split("positional arguments:", 1)[1].split("\n\n", 1)[0]
+    choices = re.search(r"^  \{([^}]*)\}", listed, re.MULTILINE)
+    assert choices, out
+    assert set(choices[1].split(",")) == commands
+    described = re.findall(r"^ {4}(\w[\w-]*)\s", listed, re.MULTILINE)
+    assert sorted(described) == sorted(commands), out
 
 
 # --------------------------------------------------------------------------- errors
