@@ -56,7 +56,27 @@ def output_text(output: dict) -> str:
 
 
 def test_there_are_notebooks():
+    """Numbered 01..NN without gaps, and every .ipynb in notebooks/ is one of them."""
     assert len(NOTEBOOK_FILES) >= 6, NOTEBOOK_FILES
+    numbers = [int(p.name[:2]) for p in NOTEBOOK_FILES]
+    assert numbers == list(range(1, len(NOTEBOOK_FILES) + 1)), [p.name for p in NOTEBOOK_FILES]
+    assert sorted(NOTEBOOKS.glob("*.ipynb")) == NOTEBOOK_FILES
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
+def test_notebook_is_committed_executed(path: Path):
+    """Every non-empty code cell ran, in order, from a fresh kernel (1, 2, 3...), with outputs."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in cells if "".join(c["source"]).strip()]
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts}"
+    assert any(c.get("outputs") for c in cells), f"{path.name} has no outputs"
+
+
+def test_readme_lists_exactly_the_notebooks():
+    """The README's notebook table names every notebook once, in order, and nothing else."""
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    listed = re.findall(r"^\| `(\w+\.ipynb)` \|", readme, re.MULTILINE)
+    assert listed == [p.name for p in NOTEBOOK_FILES]
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
