@@ -7,6 +7,7 @@ test images); the few that need another sample make their own small one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 
@@ -103,17 +104,40 @@ def test_train_csv(sample_data):
     assert 0.2 <= per_image.mean() <= 0.5, "about a third of the images are normal"
 
 
+def _pair_ious(boxes: pd.DataFrame) -> np.ndarray:
+    """IoU of every pair of same-class boxes drawn by two different radiologists on one image."""
+    ious = []
+    for _, group in boxes.groupby(["image_id", "class_id"]):
+        xyxy, rads = group[BOX_COLS].to_numpy(float), group["rad_id"].to_numpy()
+        for a, b in itertools.combinations(range(len(group)), 2):
+            if rads[a] == rads[b]:
+                continue
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = xyxy[a], xyxy[b]
+            inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(
+                0.0, min(ay1, by1) - max(ay0, by0)
+            )
+            union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+            ious.append(inter / union)
+    return np.array(ious)
+
+
 def test_radiologists_disagree(sample_data):
-    """Boxes of the same finding differ a little between radiologists, and some miss it."""
+    """Boxes of the same finding differ a little between radiologists, and some miss it.
+
+    Bands measured on seeds 0-4 and 123 (24 train images): median IoU 0.85-0.87,
+    share of findings not drawn by all three radiologists 0.28-0.48.
+    """
     df = pd.read_csv(sample_data / "train.csv")
     boxes = df[df["class_id"] != NO_FINDING_ID]
     spread = boxes.groupby(["image_id", "class_id"])[BOX_COLS].std().dropna()
     assert (spread.to_numpy() > 0).any(), "radiologists' boxes never disagree"
-    mixed = df.groupby("image_id")["class_id"].apply(
-        lambda s: (s == NO_FINDING_ID).any() and (s != NO_FINDING_ID).any()
-    )
-    counts = boxes.groupby(["image_id", "class_id"]).size()
-    assert mixed.any() or (counts < 3).any(), "no radiologist ever missed a finding"
+    ious = _pair_ious(boxes)
+    assert len(ious) >= 50, "too few findings drawn by two radiologists to measure"
+    assert 0.75 <= np.median(ious) <= 0.95, f"median IoU between radiologists {np.median(ious)}"
+    assert (ious > 0.99).mean() < 0.1, "radiologists draw (nearly) the same box"
+    drawn_by = boxes.groupby(["image_id", "class_id"])["rad_id"].nunique()
+    missed = (drawn_by < 3).mean()
+    assert 0.2 <= missed <= 0.6, f"share of findings some radiologist missed: {missed}"
 
 
 def test_test_labels_and_submission(sample_data):
