@@ -21,6 +21,7 @@ __all__ = [
     "AnnotationError",
     "DatasetError",
     "PreprocessError",
+    "OverwriteError",
     "WeightsError",
     "CheckpointError",
     "ResumeError",
@@ -56,7 +57,13 @@ class DicomReadError(CxrkitError, RuntimeError):
 
 
 class PreprocessError(CxrkitError, RuntimeError):
-    """The output folder cannot be used as asked (e.g. it holds another size)."""
+    """A folder cannot be converted as asked: the output holds another size, the
+    disk is full, or two input files give one image id (``x.dicom`` and ``x.dcm``)."""
+
+
+class OverwriteError(CxrkitError, FileExistsError):
+    """An output would replace what must be kept: an input of the same command, or
+    a non-empty folder that cxrkit did not write."""
 
 
 # ---------------------------------------------------------------------- tables

@@ -21,6 +21,7 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "DataNotFoundError": (FileNotFoundError, "paths"),
     "DicomReadError": (RuntimeError, "dicom"),
     "PreprocessError": (RuntimeError, "preprocess"),
+    "OverwriteError": (FileExistsError, "sample.generate"),
     "AnnotationError": (ValueError, "annotations"),
     "DatasetError": (ValueError, "data"),
     "SubmissionError": (ValueError, "submission"),
