@@ -47,6 +47,7 @@ __all__ = [
     "validate_meta",
     "meta_from_dicoms",
     "fuse_boxes",
+    "check_boxes_inside",
     "rescale_boxes",
     "boxes_to_resized",
     "boxes_to_original",
@@ -151,10 +152,22 @@ def validate_annotations(df: pd.DataFrame, source: str = "train.csv") -> pd.Data
     negative coordinate. Every bad row is reported with its CSV line (the header
     is line 1, so the row at position ``i`` of ``df`` is line ``i + 2``).
 
+    An *exact* duplicate row (every column equal to an earlier row, e.g. a line
+    pasted twice) is dropped with a warning that names its CSV line and the line
+    it repeats: it adds no opinion (same radiologist, same box), but kept it would
+    count twice in :func:`fuse_boxes` and as a second truth box in the metric.
+    Dropping rather than refusing, because the only correct reading of an exact
+    copy is one row and a 68,000-line file should not need hand-editing for it.
+
     Returns a copy with ``image_id``/``class_name``/``rad_id`` as strings,
     ``class_id`` int64, coordinates float64 and a fresh 0..n-1 index; the
     :data:`TRAIN_COLUMNS` come first.
     """
+    return _validate_with_lines(df, source)[0]
+
+
+def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`validate_annotations`, plus the CSV line of each row it returns."""
     _check_columns(df, TRAIN_COLUMNS, source)
     df = df.reset_index(drop=True)
     n = len(df)
@@ -254,7 +267,29 @@ def validate_annotations(df: pd.DataFrame, source: str = "train.csv") -> pd.Data
     for k, col in enumerate(BOX_COLUMNS):
         out[col] = coords[:, k]
     extras = [c for c in out.columns if c not in TRAIN_COLUMNS]
-    return out[TRAIN_COLUMNS + extras]
+    out = out[TRAIN_COLUMNS + extras]
+    lines = np.arange(n) + 2  # CSV lines: the header is line 1
+    return _drop_exact_duplicates(out, lines, source)
+
+
+def _drop_exact_duplicates(
+    df: pd.DataFrame, lines: np.ndarray, source: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Drop rows equal in every column to an earlier row, with a warning naming both lines."""
+    dup = df.duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return df, lines
+    first = df.groupby(list(df.columns), dropna=False, sort=False).ngroup().to_numpy()
+    first_line = pd.Series(lines).groupby(first).transform("min").to_numpy()
+    pairs = [f"line {lines[p]} = line {first_line[p]}" for p in np.flatnonzero(dup)]
+    more = f", ... and {len(pairs) - _MAX_LISTED} more" if len(pairs) > _MAX_LISTED else ""
+    warnings.warn(
+        f"{source}: dropped {len(pairs)} exact duplicate row(s) ({', '.join(pairs[:_MAX_LISTED])}"
+        f"{more}; {_line_note()}): a repeated row would count the same box twice",
+        stacklevel=4,
+    )
+    keep = ~dup
+    return df[keep].reset_index(drop=True), lines[keep]
 
 
 def load_annotations(path_or_df: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
@@ -264,7 +299,16 @@ def load_annotations(path_or_df: str | os.PathLike | pd.DataFrame) -> pd.DataFra
     See :func:`validate_annotations` for the checks and the returned dtypes.
     """
     df, source = _as_table(path_or_df, "annotations")
-    return validate_annotations(df, source=source)
+    return _validate_with_lines(df, source)[0]
+
+
+def _load_with_lines(
+    path_or_df: str | os.PathLike | pd.DataFrame,
+) -> tuple[pd.DataFrame, str, np.ndarray]:
+    """:func:`load_annotations`, plus a name for messages and the CSV line of each row."""
+    df, source = _as_table(path_or_df, "annotations")
+    out, lines = _validate_with_lines(df, source)
+    return out, source, lines
 
 
 # --------------------------------------------------------------------------- meta tables
@@ -406,6 +450,66 @@ def sizes_of(image_ids: pd.Series, meta: pd.DataFrame, purpose: str) -> np.ndarr
     return np.array([sizes[i] for i in image_ids], dtype=np.float64).reshape(-1, 2)
 
 
+def _boxes_outside(
+    ann: pd.DataFrame, meta: pd.DataFrame, purpose: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width) of each row's image (NaN on No finding rows) and the rows whose
+    box reaches beyond it (``x_max > dim1`` or ``y_max > dim0``); validated tables."""
+    is_finding = ann["class_id"].to_numpy() != NO_FINDING_ID
+    boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    hw = np.full((len(ann), 2), np.nan)
+    if is_finding.any():
+        hw[is_finding] = sizes_of(ann.loc[is_finding, "image_id"], meta, purpose)
+    outside = is_finding & ((boxes[:, 2] > hw[:, 1]) | (boxes[:, 3] > hw[:, 0]))
+    return hw, outside
+
+
+def _outside_examples(ann: pd.DataFrame, lines: np.ndarray, hw: np.ndarray, pos) -> str:
+    """The first three boxes beyond their image, with CSV line, image id and size."""
+    boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    return ", ".join(
+        f"line {lines[p]} image_id {ann['image_id'].iat[p]!r} box {boxes[p].tolist()} "
+        f"vs size (h={hw[p, 0]:g}, w={hw[p, 1]:g})"
+        for p in pos[:3]
+    )
+
+
+def _refuse_outside(
+    source: str,
+    ann: pd.DataFrame,
+    lines: np.ndarray,
+    hw: np.ndarray,
+    outside: np.ndarray,
+    hint: str = "",
+) -> None:
+    """Raise the one-line AnnotationError for boxes beyond their image."""
+    pos = np.flatnonzero(outside)
+    raise AnnotationError(
+        f"{source}: {len(pos)} box(es) reach beyond their image "
+        f"({_outside_examples(ann, lines, hw, pos)}; {_line_note()}); is the meta table "
+        f"of the original DICOM sizes (not of resized PNGs)?{hint}"
+    )
+
+
+def check_boxes_inside(
+    annotations: pd.DataFrame | str | os.PathLike,
+    meta: pd.DataFrame | str | os.PathLike,
+) -> pd.DataFrame:
+    """Load ``annotations`` and refuse any box reaching beyond its image; return the table.
+
+    The same check as :func:`fuse_boxes` makes, for a table that is not fused again
+    (an already fused ``rad_id == "wbf"`` table, ``test_labels.csv``): a box beyond
+    its image means a wrong meta table or a wrong row, and clipping it silently
+    would train on (or score against) a box nobody drew. The
+    :class:`AnnotationError` names the file, the CSV line and the image.
+    """
+    ann, source, lines = _load_with_lines(annotations)
+    hw, outside = _boxes_outside(ann, load_meta(meta), "to check boxes")
+    if outside.any():
+        _refuse_outside(source, ann, lines, hw, outside)
+    return ann
+
+
 def fuse_boxes(
     annotations: pd.DataFrame | str | os.PathLike,
     meta: pd.DataFrame | str | os.PathLike,
@@ -474,28 +578,18 @@ def fuse_boxes(
         raise ValueError(f"conf_type must be one of {conf_types}, got {conf_type!r}")
     if not 0.0 <= iou_thr <= 1.0:
         raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
-    ann = load_annotations(annotations)
+    ann, source, lines = _load_with_lines(annotations)
     meta = load_meta(meta)
     class_ids = ann["class_id"].to_numpy()
     is_finding = class_ids != NO_FINDING_ID
     boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)  # NaN on No finding rows
 
-    hw = np.full((len(ann), 2), np.nan)
-    if is_finding.any():
-        hw[is_finding] = sizes_of(ann.loc[is_finding, "image_id"], meta, "to normalise boxes")
-    outside = is_finding & ((boxes[:, 2] > hw[:, 1]) | (boxes[:, 3] > hw[:, 0]))
+    hw, outside = _boxes_outside(ann, meta, "to normalise boxes")
     if outside.any():
         pos = np.flatnonzero(outside)
-        example = ", ".join(
-            f"line {p + 2} image_id {ann['image_id'].iat[p]!r} box {boxes[p].tolist()} "
-            f"vs size (h={hw[p, 0]:g}, w={hw[p, 1]:g})"
-            for p in pos[:3]
-        )
         if not clip:
-            raise AnnotationError(
-                f"{len(pos)} box(es) reach beyond their image ({example}); is the meta table "
-                "of the original DICOM sizes (not of resized PNGs)? Use clip=True to clip them."
-            )
+            _refuse_outside(source, ann, lines, hw, outside, " Use clip=True to clip them.")
+        example = _outside_examples(ann, lines, hw, pos)
         boxes[:, [0, 2]] = np.minimum(boxes[:, [0, 2]], hw[:, [1]])
         boxes[:, [1, 3]] = np.minimum(boxes[:, [1, 3]], hw[:, [0]])
         empty = outside & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))

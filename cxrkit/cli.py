@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,18 +27,34 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file (also through a symlink, ``..`` or a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from cxrkit._atomic import write_csv_atomic
-    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta, meta_from_dicoms
+    from cxrkit.annotations import fuse_boxes, load_meta, meta_from_dicoms
+    from cxrkit.errors import OverwriteError
 
-    annotations = load_annotations(args.train_csv)
+    for role, given in (("annotation table", args.train_csv), ("meta table", args.meta)):
+        if given is not None and _same_file(args.out_csv, given):
+            raise OverwriteError(
+                f"the output {args.out_csv} is the input {role} {given}: "
+                "fusing would replace it; choose another output file"
+            )
+
     meta = load_meta(args.meta) if args.meta else meta_from_dicoms(args.dicoms)
-    fused = fuse_boxes(annotations, meta, iou_thr=args.iou)
+    # the path, not a loaded table: messages then name the file and its CSV lines
+    fused = fuse_boxes(args.train_csv, meta, iou_thr=args.iou)
     write_csv_atomic(fused, args.out_csv)
     n_images = fused["image_id"].nunique()
-    print(
-        f"fused {len(annotations)} rows into {len(fused)} rows over {n_images} images -> {args.out_csv}"
-    )
+    print(f"fused {args.train_csv} into {len(fused)} rows over {n_images} images -> {args.out_csv}")
     return 0
 
 

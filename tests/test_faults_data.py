@@ -1,0 +1,175 @@
+"""Data-side faults of a bad-input sweep (issue 12): each is a clear refusal or a right answer.
+
+Duplicated rows, boxes beyond the image, an output that is an input, two files
+for one image id, a full disk, workers outliving a killed parent, and a sample
+written over the user's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations
+from cxrkit.errors import AnnotationError
+
+HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+ROWS = [
+    "img_a,Cardiomegaly,3,R1,10,20,110,120\n",  # line 2
+    "img_a,Cardiomegaly,3,R2,30,40,130,140\n",  # line 3
+    "img_a,Cardiomegaly,3,R3,12,22,112,122\n",  # line 4
+    "img_b,No finding,14,R1,,,,\n",  # line 5
+]
+META = "image_id,dim0,dim1\nimg_a,200,200\nimg_b,300,300\n"
+BIG_META = pd.DataFrame({"image_id": ["img_a", "img_b"], "dim0": [200, 400], "dim1": [200, 400]})
+
+
+def _cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cxrkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
+    """The stderr of a refused command: exit 2, one line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"cxrkit {command}: error: "), proc.stderr
+    return proc.stderr
+
+
+def _tables(tmp_path: Path, rows: list[str]) -> tuple[Path, Path]:
+    train, meta = tmp_path / "train.csv", tmp_path / "meta.csv"
+    train.write_text(HEADER + "".join(rows))
+    meta.write_text(META)
+    return train, meta
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ------------------------------------------------------- 6. a duplicated train.csv row
+
+
+def test_duplicate_row_is_dropped_with_its_line_and_never_fused_twice(tmp_path):
+    clean, meta = _tables(tmp_path, ROWS)
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text(HEADER + ROWS[0] + ROWS[1] + ROWS[1] + ROWS[2] + ROWS[3])  # line 4 = 3
+    with pytest.warns(UserWarning, match=r"doubled\.csv: dropped 1 exact duplicate row\(s\) "):
+        fused = fuse_boxes(doubled, meta)
+    pd.testing.assert_frame_equal(fused, fuse_boxes(clean, meta))
+    with pytest.warns(UserWarning, match=r"\(line 4 = line 3;"):
+        table = load_annotations(doubled)
+    assert len(table) == 4
+
+
+def test_duplicate_no_finding_rows_and_later_lines_are_named(tmp_path):
+    rows = [ROWS[3], ROWS[0], ROWS[3], ROWS[0], ROWS[1]]  # lines 4 and 5 repeat 2 and 3
+    train, _ = _tables(tmp_path, rows)
+    with pytest.warns(UserWarning, match=r"dropped 2 .*line 4 = line 2, line 5 = line 3"):
+        table = load_annotations(train)
+    assert list(table["rad_id"]) == ["R1", "R1", "R2"]
+
+
+def test_rows_that_differ_in_one_cell_are_kept(tmp_path):
+    train, _ = _tables(tmp_path, [ROWS[0], ROWS[0].replace("R1", "R4")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_annotations(train)) == 2
+
+
+def test_error_lines_after_a_dropped_duplicate_are_the_file_lines(tmp_path):
+    """A dropped row must not shift the line numbers of later messages."""
+    beyond = "img_a,Cardiomegaly,3,R4,10,20,250,120\n"  # x_max 250 > width 200, line 4
+    train, meta = _tables(tmp_path, [ROWS[0], ROWS[0], beyond])
+    with pytest.warns(UserWarning, match="line 3 = line 2"):
+        with pytest.raises(AnnotationError, match=r"line 4 image_id 'img_a'"):
+            fuse_boxes(train, meta)
+
+
+def test_cli_fuse_warns_about_the_duplicate_and_fuses_once(tmp_path):
+    clean, meta = _tables(tmp_path, ROWS)
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text(HEADER + ROWS[0] + ROWS[0] + "".join(ROWS[1:]))
+    out_clean, out_doubled = tmp_path / "f1.csv", tmp_path / "f2.csv"
+    assert _cli("fuse", clean, out_clean, "--meta", meta).returncode == 0
+    proc = _cli("fuse", doubled, out_doubled, "--meta", meta)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped 1 exact duplicate row(s) (line 3 = line 2" in proc.stderr
+    assert out_clean.read_bytes() == out_doubled.read_bytes()
+
+
+# ----------------------------------------------- 14. a fused table with a box beyond its image
+
+
+def test_fused_table_with_a_box_beyond_its_image_is_refused_like_a_raw_one(tmp_path):
+    fused = tmp_path / "fused.csv"
+    fused.write_text(
+        HEADER + "img_a,Cardiomegaly,3,wbf,10,20,110,120\nimg_b,Cardiomegaly,3,wbf,10,20,110,350\n"
+    )
+    raw = tmp_path / "raw.csv"
+    raw.write_text(fused.read_text().replace(",wbf,", ",R1,"))
+    meta = tmp_path / "meta.csv"
+    meta.write_text(META)
+    for table in (fused, raw):
+        pattern = rf"{table.name}: 1 box\(es\) reach beyond their image \(line 3 image_id 'img_b'"
+        with pytest.raises(AnnotationError, match=pattern):
+            check_boxes_inside(table, meta)
+        with pytest.raises(AnnotationError, match=pattern):
+            fuse_boxes(table, meta)
+        err = _one_line_error(_cli("fuse", table, tmp_path / "out.csv", "--meta", meta), "fuse")
+        assert str(table) in err and "line 3 image_id 'img_b'" in err and "h=300" in err
+
+
+def test_check_boxes_inside_returns_the_table_when_every_box_fits(tmp_path):
+    fused = tmp_path / "fused.csv"
+    fused.write_text(
+        HEADER + "img_b,Cardiomegaly,3,wbf,10,20,110,350\nimg_a,No finding,14,wbf,,,,\n"
+    )
+    table = check_boxes_inside(fused, BIG_META)
+    assert list(table["image_id"]) == ["img_b", "img_a"]
+
+
+# ------------------------------------------------------------ 15. fuse T T (output = input)
+
+
+@pytest.mark.parametrize("how", ["same", "relative", "symlink", "dotdot", "meta"])
+def test_fuse_refuses_to_write_over_its_input(tmp_path, monkeypatch, how):
+    train, meta = _tables(tmp_path, ROWS)
+    monkeypatch.chdir(tmp_path)
+    before = {train: train.read_bytes(), meta: meta.read_bytes()}
+    (tmp_path / "sub").mkdir()
+    out = {
+        "same": train,
+        "relative": Path("train.csv"),
+        "dotdot": Path("sub") / ".." / "train.csv",
+        "meta": meta,
+    }.get(how)
+    if how == "symlink":
+        out = tmp_path / "link.csv"
+        out.symlink_to(train)
+    err = _one_line_error(_cli("fuse", train, out, "--meta", meta), "fuse")
+    role = "meta table" if how == "meta" else "annotation table"
+    assert f"the output {out} is the input {role}" in err and "choose another output" in err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_fuse_still_writes_a_new_output(tmp_path):
+    train, meta = _tables(tmp_path, ROWS)
+    proc = _cli("fuse", train, tmp_path / "fused.csv", "--meta", meta)
+    assert proc.returncode == 0, proc.stderr
+    assert "-> " in proc.stdout and (tmp_path / "fused.csv").is_file()
