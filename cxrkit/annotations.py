@@ -404,10 +404,11 @@ def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
         if any((folder / sub).is_dir() for sub in ("train", "test")):
             hint = " (did you mean its train/ or test/ sub-folder?)"
         raise AnnotationError(f"no .dicom or .dcm files in {folder}{hint}")
-    stems = pd.Series([p.stem for p in files])
-    dups = sorted(set(stems[stems.duplicated()]))
-    if dups:
-        raise AnnotationError(f"{folder}: several files share the image id(s) {dups[:10]}")
+    from cxrkit.preprocess import shared_id_problem
+
+    problem = shared_id_problem(folder, files)
+    if problem:
+        raise AnnotationError(problem)
 
     read = _shape_reader()
     records, failed = [], []

@@ -242,6 +242,27 @@ def list_dicoms(folder: Path) -> list[Path]:
     )
 
 
+def shared_id_problem(folder: Path, files: Iterable[Path]) -> str | None:
+    """Why ``files`` of ``folder`` cannot all be images (two give one id), or None.
+
+    The image id is the file name without its extension, so ``x.dicom`` and
+    ``x.dcm`` are both image ``x``: converting both would write one PNG twice and
+    list ``x`` twice in the meta table. Neither can be chosen for the user.
+    """
+    by_id: dict[str, list[str]] = {}
+    for path in files:
+        by_id.setdefault(Path(path).stem, []).append(Path(path).name)
+    shared = [sorted(names) for names in by_id.values() if len(names) > 1]
+    if not shared:
+        return None
+    shown = "; ".join(" and ".join(names) for names in sorted(shared)[:5])
+    more = f"; ... and {len(shared) - 5} more" if len(shared) > 5 else ""
+    return (
+        f"{folder}: {len(shared)} image id(s) have more than one file ({shown}{more}); "
+        "the image id is the file name without its extension: keep one file per image"
+    )
+
+
 def _find_sources(src: Path, splits: Sequence[str]) -> dict[str, list[Path]]:
     """The DICOMs of each split that exists under ``src``; a clear error if none."""
     if not src.is_dir():
@@ -253,6 +274,10 @@ def _find_sources(src: Path, splits: Sequence[str]) -> dict[str, list[Path]]:
             f"{src} has no {' or '.join(f'{s}/' for s in splits)} folder of DICOMs "
             f"(found {found}); expected the VinBigData layout SRC/train/*.dicom, SRC/test/*.dicom"
         )
+    for split_name, files in sources.items():
+        problem = shared_id_problem(src / split_name, files)
+        if problem:
+            raise PreprocessError(problem)
     if not any(sources.values()):
         raise DataNotFoundError(
             f"no .dicom files in {', '.join(str(src / s) for s in sources)}: nothing to convert"

@@ -8,6 +8,7 @@ written over the user's files.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations
+from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, meta_from_dicoms
 from cxrkit.errors import AnnotationError
 
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
@@ -173,3 +174,41 @@ def test_fuse_still_writes_a_new_output(tmp_path):
     proc = _cli("fuse", train, tmp_path / "fused.csv", "--meta", meta)
     assert proc.returncode == 0, proc.stderr
     assert "-> " in proc.stdout and (tmp_path / "fused.csv").is_file()
+
+
+# -------------------------------------------------- 16. x.dicom and x.dcm in one folder
+
+
+@pytest.fixture(scope="module")
+def small_sample(tmp_path_factory) -> Path:
+    """A tiny generated sample (4 train, 2 test DICOMs)."""
+    from cxrkit.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("faults-sample")
+    return generate_sample(out / "s", seed=7, n_train=4, n_test=2, progress=False)
+
+
+def _with_a_twin(sample: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the sample whose first train image also exists as ``<id>.dcm``."""
+    src = tmp_path / "src"
+    shutil.copytree(sample, src)
+    first = sorted((src / "train").glob("*.dicom"))[0]
+    shutil.copy(first, first.with_suffix(".dcm"))
+    return src, first.stem
+
+
+def test_preprocess_refuses_two_files_for_one_image_id(small_sample, tmp_path):
+    src, image_id = _with_a_twin(small_sample, tmp_path)
+    err = _one_line_error(_cli("preprocess", src, tmp_path / "out", "--workers", "1"), "preprocess")
+    assert f"{image_id}.dcm and {image_id}.dicom" in err and str(src / "train") in err
+    assert not (tmp_path / "out" / "train_meta.csv").exists()
+
+
+def test_meta_from_dicoms_names_both_files(small_sample, tmp_path):
+    src, image_id = _with_a_twin(small_sample, tmp_path)
+    with pytest.raises(AnnotationError, match=rf"{image_id}\.dcm and {image_id}\.dicom"):
+        meta_from_dicoms(src / "train")
+    err = _one_line_error(
+        _cli("fuse", src / "train.csv", tmp_path / "f.csv", "--dicoms", src / "train"), "fuse"
+    )
+    assert f"{image_id}.dcm and {image_id}.dicom" in err
