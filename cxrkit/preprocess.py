@@ -38,6 +38,7 @@ ever written (PNGs from OpenCV carry no text chunks).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -48,6 +49,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
@@ -58,6 +60,7 @@ DICOM_SUFFIXES = (".dicom", ".dcm")
 STATE_DIR = ".cxrkit-preprocess"  # journal + settings, inside OUT
 FORMAT_VERSION = 1  # bump when the pixels we write change, so old folders are not trusted
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space, over quota
 _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
 
 
@@ -124,23 +127,50 @@ def convert_one(src: str, dst: str, size: int, keep_aspect: bool) -> tuple[int, 
     Runs inside a worker process. Raises :class:`cxrkit.dicom.DicomReadError` (or
     another exception) for a file that cannot be converted.
     """
-    import cv2
-
     from cxrkit.dicom import dicom_shape, read_xray
 
     rows, cols = dicom_shape(src)
     image = read_xray(src, size=output_shape(rows, cols, size, keep_aspect))
     with atomic_path(dst) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"OpenCV could not write {tmp}")
+        write_png(tmp, image)
     return int(rows), int(cols)
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` as a PNG: encoded by OpenCV (the bytes ``cv2.imwrite`` writes),
+    written by Python, so that a full disk raises ``OSError`` with ``errno.ENOSPC``
+    instead of OpenCV's bare ``False``."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path} as PNG")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+def _disk_full(path: str | os.PathLike) -> PreprocessError:
+    """The error for a full disk (or quota): it stops the run, unlike an unreadable file."""
+    return PreprocessError(
+        f"the disk is full (errno ENOSPC: no space left on device) while writing {path}; "
+        "free some space there or choose an output folder on another disk, then run again "
+        "(the images converted so far are kept)"
+    )
+
+
 def _convert_task(task: tuple[str, str, str, int, bool]) -> tuple[str, int, int, str | None]:
-    """Worker entry point: never raises, returns ``(image_id, rows, cols, error)``."""
+    """Worker entry point: returns ``(image_id, rows, cols, error)`` for a bad file.
+
+    Raises only for a full disk (:class:`PreprocessError`): every later image
+    would fail the same way, and it is no fault of the DICOM.
+    """
     image_id, src, dst, size, keep_aspect = task
     try:
         rows, cols = convert_one(src, dst, size, keep_aspect)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(dst) from None
+        return image_id, -1, -1, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a bad file must not stop the other thousands
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         return image_id, -1, -1, str(reason)
@@ -361,12 +391,38 @@ def _run_tasks(
             cv2.setNumThreads(threads)
         return
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=_mp_context(), initializer=_init_worker
+        max_workers=workers,
+        mp_context=_mp_context(),
+        initializer=_init_worker,
     )
     try:
         yield from pool.map(_convert_task, tasks, chunksize=_chunksize(len(tasks), workers))
     finally:  # on Ctrl-C, drop the queued work instead of finishing it first
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_tables(
+    out: Path,
+    sources: dict[str, list[Path]],
+    done: dict[str, dict[str, tuple[int, int]]],
+    failed: list[tuple[str, str]],
+) -> None:
+    """``<split>_meta.csv`` of the converted images (in file order) and ``errors.csv``."""
+    for split_name, files in sources.items():
+        ids = [p.stem for p in files if p.stem in done[split_name]]  # only converted images
+        meta = pd.DataFrame(
+            {
+                "image_id": ids,
+                "dim0": [done[split_name][i][0] for i in ids],
+                "dim1": [done[split_name][i][1] for i in ids],
+            }
+        )
+        write_csv_atomic(meta, out / f"{split_name}_meta.csv")
+    errors_csv = out / "errors.csv"
+    if failed:
+        write_csv_atomic(pd.DataFrame(failed, columns=["path", "reason"]), errors_csv)
+    else:
+        errors_csv.unlink(missing_ok=True)  # a rerun fixed (or removed) the bad files
 
 
 def preprocess_dicoms(
@@ -426,36 +482,27 @@ def preprocess_dicoms(
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, max(1, len(tasks)))
     try:
-        with tqdm(total=len(tasks), desc=f"DICOM -> PNG {size}px", unit="img") as bar:
-            for (image_id, rows, cols, error), task, split_name in zip(
-                _run_tasks(tasks, workers), tasks, task_splits, strict=True
-            ):
-                if error is None:
-                    journals[split_name].append(image_id, rows, cols)
-                    done[split_name][image_id] = (rows, cols)
-                    report.converted += 1
-                else:
-                    report.failed.append((task[1], error))
-                bar.update()
-    finally:
-        for journal in journals.values():
-            journal.close()
+        try:
+            with tqdm(total=len(tasks), desc=f"DICOM -> PNG {size}px", unit="img") as bar:
+                for (image_id, rows, cols, error), task, split_name in zip(
+                    _run_tasks(tasks, workers), tasks, task_splits, strict=True
+                ):
+                    if error is None:
+                        journals[split_name].append(image_id, rows, cols)
+                        done[split_name][image_id] = (rows, cols)
+                        report.converted += 1
+                    else:
+                        report.failed.append((task[1], error))
+                    bar.update()
+        finally:
+            for journal in journals.values():
+                journal.close()
 
-    for split_name, files in sources.items():
-        ids = [p.stem for p in files if p.stem in done[split_name]]  # only converted images
-        meta = pd.DataFrame(
-            {
-                "image_id": ids,
-                "dim0": [done[split_name][i][0] for i in ids],
-                "dim1": [done[split_name][i][1] for i in ids],
-            }
-        )
-        write_csv_atomic(meta, out / f"{split_name}_meta.csv")
-    errors_csv = out / "errors.csv"
-    if report.failed:
-        write_csv_atomic(pd.DataFrame(report.failed, columns=["path", "reason"]), errors_csv)
-    else:
-        errors_csv.unlink(missing_ok=True)  # a rerun fixed (or removed) the bad files
+        _write_tables(out, sources, done, report.failed)
+    except OSError as exc:  # the journal, a meta table: the parent's own writes
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise _disk_full(exc.filename or out) from None
     report.seconds = time.perf_counter() - start
     return report
 

@@ -7,7 +7,9 @@ written over the user's files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pandas as pd
 import pytest
 
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, meta_from_dicoms
-from cxrkit.errors import AnnotationError
+from cxrkit.errors import AnnotationError, PreprocessError
 
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
 ROWS = [
@@ -212,3 +214,58 @@ def test_meta_from_dicoms_names_both_files(small_sample, tmp_path):
         _cli("fuse", src / "train.csv", tmp_path / "f.csv", "--dicoms", src / "train"), "fuse"
     )
     assert f"{image_id}.dcm and {image_id}.dicom" in err
+
+
+# ------------------------------------------------------------ 9. a full disk in preprocess
+
+
+def test_full_disk_is_reported_as_a_full_disk(small_sample, tmp_path, monkeypatch):
+    from cxrkit import preprocess
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(preprocess, "write_png", full)
+    out = tmp_path / "out"
+    with pytest.raises(PreprocessError, match=r"the disk is full \(errno ENOSPC") as info:
+        preprocess.preprocess_dicoms(small_sample, out, size=32, workers=1)
+    message = str(info.value)
+    assert f"while writing {out / 'train'}" in message and ".png" in message
+    assert "could not be read" not in message
+    assert not list((out / "train").glob("*.png")) and not list((out / "train").glob(".*tmp*"))
+
+
+def test_full_disk_in_the_parent_names_the_output_folder(small_sample, tmp_path, monkeypatch):
+    from cxrkit import preprocess
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(preprocess, "write_csv_atomic", full)  # the meta tables
+    out = tmp_path / "out"
+    with pytest.raises(PreprocessError, match=rf"the disk is full .* while writing {out};"):
+        preprocess.preprocess_dicoms(small_sample, out, size=32, workers=1)
+
+
+def test_full_disk_in_a_worker_process_stops_the_run(small_sample, tmp_path):
+    """Through the CLI with 2 workers: the error crosses the process pool, one line."""
+    sitecustomize = tmp_path / "site" / "sitecustomize.py"
+    sitecustomize.parent.mkdir()
+    sitecustomize.write_text(
+        "import errno, os\n"
+        "import cxrkit.preprocess as p\n"
+        "def full(path, image):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "p.write_png = full\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sitecustomize.parent), *sys.path])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "preprocess", str(small_sample), str(tmp_path / "o")]
+        + ["--workers", "2", "--size", "32"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    err = _one_line_error(proc, "preprocess")
+    assert "the disk is full (errno ENOSPC" in err and str(tmp_path / "o") in err
