@@ -28,7 +28,8 @@ half-written PNG can ever carry the final name. After each image the parent
 process appends ``image_id,dim0,dim1`` to a journal (``OUT/.cxrkit-preprocess/``)
 and only images found in the journal *and* on disk (with a complete PNG trailer)
 are skipped on the next run. Kill the run at any moment, start it again, and you
-get exactly the files an uninterrupted run gives. A file that cannot be read is
+get exactly the files an uninterrupted run gives; the worker processes of a
+killed run notice it within a second and exit. A file that cannot be read is
 listed with its reason in ``OUT/errors.csv`` and in the summary; the others still
 convert, and it is retried on the next run.
 
@@ -43,6 +44,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -177,11 +179,65 @@ def _convert_task(task: tuple[str, str, str, int, bool]) -> tuple[str, int, int,
     return image_id, rows, cols, None
 
 
-def _init_worker() -> None:
-    """One OpenCV thread per worker process: the processes already use every core."""
+def _init_worker(parent_pid: int | None = None) -> None:
+    """One OpenCV thread per worker process (the processes already use every core),
+    and exit when the process that started the pool dies."""
     import cv2
 
     cv2.setNumThreads(1)
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
+
+
+def _process_start(pid: int) -> str | None:
+    """An identity of a live process (its start time, Linux), "" elsewhere, None if gone.
+
+    A zombie (killed, not yet reaped by its own parent) counts as gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # Linux: no such process
+    except OSError:
+        pass
+    else:
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) "
+        return None if fields[0] in ("Z", "X") else fields[19]  # state, starttime
+    try:
+        os.kill(pid, 0)  # no /proc (macOS): signal 0 only checks that the pid exists
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # the pid now belongs to another user: ours is gone
+        return None
+    except OSError:  # Windows: os.kill(pid, 0) is not a probe; rely on the pool's own checks
+        return ""
+    return ""
+
+
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> threading.Thread | None:
+    """Start a watchdog thread that ends this process soon after ``parent_pid`` dies.
+
+    A pool worker waits on its task queue forever: if the parent is killed (``kill
+    -9``, SIGTERM, an out-of-memory kill) nobody tells it. The forkserver is the
+    workers' real parent, so ``prctl(PR_SET_PDEATHSIG)`` or ``os.getppid()`` would
+    watch the wrong process; the watchdog polls the pid that started the pool
+    instead (and its start time, so a reused pid is not mistaken for it). Returns
+    the thread, or None when ``parent_pid`` is already gone (then it exits at once).
+    """
+    identity = _process_start(parent_pid)
+    if identity is None:
+        os._exit(1)
+
+    def watch() -> None:
+        while _process_start(parent_pid) == identity:
+            time.sleep(interval)
+        os._exit(1)  # a half-written PNG stays a temp file, removed by the next run
+
+    thread = threading.Thread(target=watch, name="cxrkit-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def png_is_complete(path: Path) -> bool:
@@ -394,6 +450,7 @@ def _run_tasks(
         max_workers=workers,
         mp_context=_mp_context(),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     try:
         yield from pool.map(_convert_task, tasks, chunksize=_chunksize(len(tasks), workers))

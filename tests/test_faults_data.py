@@ -11,8 +11,10 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -269,3 +271,62 @@ def test_full_disk_in_a_worker_process_stops_the_run(small_sample, tmp_path):
     )
     err = _one_line_error(proc, "preprocess")
     assert "the disk is full (errno ENOSPC" in err and str(tmp_path / "o") in err
+
+
+# -------------------------------------------------- 10. workers outlive a killed preprocess
+
+
+def _state(pid: int) -> str | None:
+    """The /proc state letter of ``pid`` (None: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return [p for kid in kids for p in (kid, *_descendants(kid))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_preprocess_is_killed(small_sample, tmp_path, sig):
+    src = tmp_path / "src"  # enough images that the workers are still busy when killed
+    (src / "train").mkdir(parents=True)
+    for k, path in enumerate(sorted(small_sample.glob("*/*.dicom")) * 5):
+        os.symlink(path, src / "train" / f"{k:03d}.dicom")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxrkit", "preprocess", str(src), str(tmp_path / "out")]
+        + ["--workers", "2", "--size", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        pids: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = _descendants(proc.pid)  # resource tracker, forkserver, 2 workers
+            if len(pids) >= 4:
+                break
+            time.sleep(0.05)
+        assert len(pids) >= 4 and proc.poll() is None, "the workers never started"
+    finally:
+        proc.send_signal(sig)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_state(p) not in (None, "Z") for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _state(p) not in (None, "Z")]
+    for p in left:  # do not leave them behind for the next test
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"{len(left)} process(es) outlived the killed preprocess"
