@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, meta_from_dicoms
-from cxrkit.errors import AnnotationError, PreprocessError
+from cxrkit.errors import AnnotationError, OverwriteError, PreprocessError
 
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
 ROWS = [
@@ -330,3 +330,64 @@ def test_workers_exit_when_preprocess_is_killed(small_sample, tmp_path, sig):
     for p in left:  # do not leave them behind for the next test
         os.kill(p, signal.SIGKILL)
     assert not left, f"{len(left)} process(es) outlived the killed preprocess"
+
+
+# ------------------------------------------------------ 18. sample over the user's files
+
+
+def _generated(root: Path) -> dict[str, str]:
+    return {k: v for k, v in _hashes(root).items() if "mine" not in k}
+
+
+def test_sample_over_an_earlier_sample_keeps_the_users_files(tmp_path):
+    from cxrkit.sample import generate_sample
+
+    out = tmp_path / "s"
+    generate_sample(out, seed=1, n_train=3, n_test=1, progress=False)
+    old_ids = {p.stem for p in out.glob("*/*.dicom")}
+    mine = {
+        "mine.txt": b"notes",
+        "train/mine.dicom": (next((out / "train").glob("*.dicom"))).read_bytes(),
+        "train/mine.txt": b"labels I drew",
+        "test/mine/deep.txt": b"more",
+    }
+    for name, data in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "train" / f".{sorted(old_ids)[0]}.dicom.abc123.tmp.dicom").write_bytes(b"half")
+
+    generate_sample(out, seed=2, n_train=2, n_test=1, progress=False)
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    fresh = generate_sample(tmp_path / "fresh", seed=2, n_train=2, n_test=1, progress=False)
+    assert _generated(out) == _hashes(fresh), "exactly the new sample, plus the user's files"
+    assert not old_ids & {p.stem for p in out.glob("*/*.dicom")}
+
+
+def test_sample_over_an_interrupted_sample_removes_its_images(tmp_path):
+    """Killed before its CSVs: the marker's seed and counts say which images it wrote."""
+    from cxrkit.sample import generate_sample
+
+    out = tmp_path / "s"
+    generate_sample(out, seed=3, n_train=2, n_test=1, progress=False)
+    for name in ("train.csv", "test_labels.csv", "sample_submission.csv"):
+        (out / name).unlink()
+    (out / "train" / "mine.txt").write_text("keep me")
+    generate_sample(out, seed=4, n_train=1, n_test=1, progress=False)
+    assert (out / "train" / "mine.txt").read_text() == "keep me"
+    fresh = generate_sample(tmp_path / "fresh", seed=4, n_train=1, n_test=1, progress=False)
+    assert _generated(out) == _hashes(fresh)
+
+
+def test_sample_refuses_a_folder_that_is_not_a_sample_in_one_line(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    err = _one_line_error(_cli("sample", tmp_path, "--n-train", "1", "--n-test", "0"), "sample")
+    assert f"{tmp_path} is not empty and is not a cxrkit sample (found ['mine.txt'])" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    a_file = tmp_path / "mine.txt"
+    err = _one_line_error(_cli("sample", a_file, "--n-train", "1", "--n-test", "0"), "sample")
+    assert "exists and is not a folder" in err and a_file.read_text() == "precious"
+    with pytest.raises(FileExistsError):  # still a FileExistsError for library callers
+        from cxrkit.sample import generate_sample
+
+        generate_sample(tmp_path, n_train=1, n_test=0, progress=False)
+    assert issubclass(OverwriteError, FileExistsError)

@@ -6,8 +6,8 @@ and, on first use, by :func:`cxrkit.paths.sample_dir` for the notebooks.
 
 from __future__ import annotations
 
+import csv
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +15,11 @@ import pandas as pd
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
+from cxrkit.errors import OverwriteError
 from cxrkit.sample.dicom_writer import to_dicom
 from cxrkit.sample.layout import MARKER_NAME, NO_FINDING_PREDICTION, SAMPLE_VERSION
 from cxrkit.sample.plan import CaseSpec, plan_cases
-from cxrkit.sample.render import render_case
+from cxrkit.sample.render import case_image_id, render_case
 from cxrkit.sample.reports import frame, radiologist_rows, truth_rows
 
 __all__ = ["generate_sample"]
@@ -34,21 +35,73 @@ def _check_args(seed: int, n_train: int, n_test: int) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+def _marker_counts(marker: Path) -> tuple[int, int, int] | None:
+    """``(seed, n_train, n_test)`` of an earlier sample's marker, if it is of this version."""
+    fields = {}
+    for line in marker.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip()
+    try:
+        if int(fields["version"]) != SAMPLE_VERSION:
+            return None
+        return int(fields["seed"]), int(fields["n_train"]), int(fields["n_test"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _csv_ids(path: Path) -> set[str]:
+    """The ``image_id`` column of a CSV an earlier sample wrote (empty if unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row.get("image_id") or "" for row in csv.DictReader(f)} - {""}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
+def _earlier_images(out: Path) -> dict[str, set[str]]:
+    """Image ids per split that the earlier sample in ``out`` wrote.
+
+    From its CSVs (a complete sample) and from the counts in its marker (a run
+    cut short before the CSVs); anything else in ``train/`` or ``test/`` is the
+    user's and is left alone.
+    """
+    ids: dict[str, set[str]] = {
+        "train": _csv_ids(out / "train.csv"),
+        "test": _csv_ids(out / "test_labels.csv") | _csv_ids(out / "sample_submission.csv"),
+    }
+    counts = _marker_counts(out / MARKER_NAME)
+    if counts is not None:
+        for spec in plan_cases(*counts):
+            ids[spec.split].add(case_image_id(spec))
+    return ids
+
+
 def _prepare_out_dir(out: Path) -> None:
-    """Make ``out`` ready: empty, or a previous sample (whose files are removed first)."""
+    """Make ``out`` ready: empty, or an earlier sample (whose own files are removed first).
+
+    Only what the earlier sample wrote goes (its CSVs, its DICOMs and their
+    temporary files); files the user added there stay.
+    """
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
+        raise OverwriteError(f"{out} exists and is not a folder; choose a new or empty folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER_NAME).is_file():
             found = sorted(p.name for p in out.iterdir())[:5]
-            raise FileExistsError(
+            raise OverwriteError(
                 f"{out} is not empty and is not a cxrkit sample (found {found}); "
                 "choose an empty or new folder"
             )
+        for split, image_ids in _earlier_images(out).items():
+            folder = out / split
+            names = {f"{image_id}.dicom" for image_id in image_ids}
+            for name in names:
+                (folder / name).unlink(missing_ok=True)
+            if folder.is_dir():  # temporary files of a killed run: .<name>.<random>.tmp.dicom
+                for tmp in folder.glob(".*.tmp.dicom"):
+                    if tmp.name[1:].split(".dicom.", 1)[0] + ".dicom" in names:
+                        tmp.unlink(missing_ok=True)
         for name in ("train.csv", "test_labels.csv", "sample_submission.csv"):
             (out / name).unlink(missing_ok=True)
-        for sub in ("train", "test"):
-            shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -61,7 +114,9 @@ def generate_sample(
 ) -> Path:
     """Write a synthetic VinBigData-style dataset to ``out_dir`` and return its path.
 
-    ``out_dir`` must be empty, new, or a previous sample (which is replaced).
+    ``out_dir`` must be empty, new, or a previous sample: its files are replaced,
+    files you added there are kept. Any other non-empty folder raises
+    :class:`~cxrkit.errors.OverwriteError` (a ``FileExistsError``).
     The same ``seed`` and counts give byte-identical files. The CSVs are written
     last, so a folder with ``train.csv`` is always complete.
 

@@ -42,10 +42,20 @@ class Rendered:
     meta: dict
 
 
+def _draw_image_id(rng: np.random.Generator) -> str:
+    """The first draw of an image's generator: 32 lowercase hex characters, like the real ids."""
+    return rng.bytes(16).hex()
+
+
+def case_image_id(spec: CaseSpec) -> str:
+    """The image id :func:`render_case` gives ``spec``, without drawing the image."""
+    return _draw_image_id(spec.rng())
+
+
 def render_case(spec: CaseSpec) -> Rendered:
     """Draw the image of one case (deterministic for its seed): the heart of the generator."""
     rng = spec.rng()
-    image_id = rng.bytes(16).hex()  # 32 lowercase hex characters, like the real ids
+    image_id = _draw_image_id(rng)
     rows = int(rng.integers(ROWS_RANGE[0], ROWS_RANGE[1] + 1))
     cols = int(round(rows * rng.uniform(*ASPECT_RANGE)))
     h, w = int(round(rows * RENDER_SCALE)), int(round(cols * RENDER_SCALE))
