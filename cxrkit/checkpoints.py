@@ -8,7 +8,8 @@ teaches why ``torch.load(weights_only=True)`` matters and what the checks catch.
 
 Format versions: 1 (cxrkit before the engine/fit/train split) kept the training
 arguments under ``train_args`` and ``seed``; 2 keeps every setting in ``config``.
-Both load; :func:`cxrkit.fit.fit` reads a version 1 file's settings when resuming.
+Both load: :func:`load_checkpoint` gathers a version 1 file's settings into
+``config``, so it also resumes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "model_from_checkpoint",
     "rng_state",
     "set_rng_state",
+    "schedule_settings",
 ]
 
 CHECKPOINT_FORMAT = "cxrkit-checkpoint"
@@ -128,6 +130,36 @@ def save_checkpoint(
     return Path(path)
 
 
+def schedule_settings(
+    optimizer_state: Mapping[str, Any], scheduler_state: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The rate, momentum, weight decay and schedule read from the two ``state_dict()``s."""
+    group = (optimizer_state.get("param_groups") or [{}])[0]
+    out: dict[str, Any] = {
+        key: group[key] for key in ("momentum", "weight_decay") if group.get(key) is not None
+    }
+    lr = group.get("initial_lr", group.get("lr"))
+    if lr is not None:
+        out["lr"] = lr
+    sched = scheduler_state or {}
+    if "step_size" in sched:
+        out.update(schedule="step", step_size=sched["step_size"], gamma=sched["gamma"])
+    elif "T_max" in sched:
+        out.update(schedule="cosine", T_max=sched["T_max"])
+    return out
+
+
+def _upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 checkpoint in version 2's layout: its settings (``train_args``,
+    ``seed``, the optimizer's and scheduler's) gathered into ``ckpt["config"]``."""
+    if ckpt.get("config") is not None or ckpt.get("optimizer") is None:
+        return ckpt
+    config = schedule_settings(ckpt["optimizer"], ckpt.get("scheduler"))
+    if ckpt.get("seed") is not None:
+        config["seed"] = ckpt["seed"]
+    return {**ckpt, "config": {**config, **dict(ckpt.get("train_args") or {})}}
+
+
 def _is_cxrkit_checkpoint(obj: Any, path: Path) -> bool:
     """Whether ``obj`` is a cxrkit checkpoint; CheckpointError if a newer cxrkit wrote it."""
     if not (isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT):
@@ -155,7 +187,7 @@ def load_checkpoint(
     path = Path(path)
     obj = read_weights_file(path, map_location)
     if _is_cxrkit_checkpoint(obj, path):
-        ckpt = dict(obj)
+        ckpt = _upgrade(dict(obj))
     else:
         ckpt = {"model": state_dict_from_file(path), "model_name": None, "epoch": 0}
         ckpt["num_classes"] = classes_in_state(ckpt["model"], path)

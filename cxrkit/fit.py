@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,12 @@ import torch
 from torch import nn
 
 from cxrkit._atomic import write_csv_atomic
-from cxrkit.checkpoints import load_checkpoint, load_into_model, save_checkpoint
+from cxrkit.checkpoints import (
+    load_checkpoint,
+    load_into_model,
+    save_checkpoint,
+    schedule_settings,
+)
 from cxrkit.distributed import barrier, broadcast_flag, dist_info
 from cxrkit.engine import evaluate, train_one_epoch
 from cxrkit.errors import ResumeError
@@ -130,23 +135,6 @@ def make_scheduler(
     raise ValueError(f"schedule must be 'step' or 'cosine', got {schedule!r}")
 
 
-def schedule_settings(
-    optimizer_state: Mapping[str, Any], scheduler_state: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The rate, momentum, weight decay and schedule read from the two ``state_dict()``s."""
-    group = (optimizer_state.get("param_groups") or [{}])[0]
-    out: dict[str, Any] = {
-        key: group[key] for key in ("momentum", "weight_decay") if group.get(key) is not None
-    }
-    out["lr"] = group.get("initial_lr", group.get("lr"))
-    sched = scheduler_state or {}
-    if "step_size" in sched:
-        out.update(schedule="step", step_size=sched["step_size"], gamma=sched["gamma"])
-    elif "T_max" in sched:
-        out.update(schedule="cosine", T_max=sched["T_max"])
-    return out
-
-
 # ------------------------------------------------------------------------- resume
 def _same(a: Any, b: Any) -> bool:
     numbers = (int, float)
@@ -182,17 +170,6 @@ def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any], epochs: in
     return problems
 
 
-def saved_settings(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's run settings: ``ckpt["config"]``, or those of a version 1 checkpoint
-    (cxrkit before this module: ``train_args``, ``seed`` and the optimizer/scheduler)."""
-    if ckpt.get("config") is not None:
-        return dict(ckpt["config"])
-    legacy = schedule_settings(ckpt.get("optimizer") or {}, ckpt.get("scheduler"))
-    if ckpt.get("seed") is not None:
-        legacy["seed"] = ckpt["seed"]
-    return {**legacy, **dict(ckpt.get("train_args") or {})}
-
-
 @dataclass
 class _RunState:
     """Where a run stands: epochs done, best validation mAP so far, history rows."""
@@ -203,12 +180,18 @@ class _RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _Parts(NamedTuple):
+    """What a checkpoint saves and a resume restores, besides the epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+
+
 def _resume(
     out: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler | None,
+    parts: _Parts,
     settings: Mapping[str, Any],
     epochs: int,
     device: torch.device,
@@ -222,13 +205,14 @@ def _resume(
             print(f"resume: no {last_path} yet, starting from epoch 1")
         return _RunState()
     ckpt = load_checkpoint(last_path, map_location=device)
-    problems = resume_problems(saved_settings(ckpt), settings, epochs)
+    problems = resume_problems(ckpt.get("config") or {}, settings, epochs)
     if problems:
         raise ResumeError(
             f"cannot resume {last_path} with other settings: "
             + "; ".join(problems)
             + ". Use the run's settings, or another output folder for a new run."
         )
+    model, optimizer, scheduler, scaler = parts
     load_into_model(model, ckpt, last_path)
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -246,22 +230,22 @@ def _resume(
 
 
 def _save_epoch(
-    out: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler | None,
-    state: _RunState,
-    settings: Mapping[str, Any],
-    improved: bool,
+    out: Path, parts: _Parts, state: _RunState, settings: Mapping[str, Any], validated: bool
 ) -> None:
-    """Write ``last.pt``, ``best.pt`` (when ``improved``) and ``history.csv``, atomically."""
+    """Update the best mAP; write ``last.pt``, ``best.pt`` (if it improved, or always
+    without validation) and ``history.csv`` (atomically); print the epoch's line."""
+    row = state.history[-1]
+    val_map = row["val_map"]
+    improved = not validated or state.best_map is None or val_map > state.best_map
+    if improved and validated:
+        state.best_map, state.best_epoch = val_map, row["epoch"]
     extra: dict[str, Any] = {
         "best_map": state.best_map,
         "best_epoch": state.best_epoch,
         "history_rows": len(state.history),
         "config": dict(settings),
     }
+    model, optimizer, scheduler, scaler = parts
     if scaler is not None:
         extra["scaler"] = scaler.state_dict()
     epoch = state.epochs_done
@@ -269,6 +253,9 @@ def _save_epoch(
     if improved:
         save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, **extra)
     write_csv_atomic(pd.DataFrame(state.history), out / "history.csv")
+    val = f" val mAP@0.4 {val_map:.4f}" if validated else ""
+    epochs, seconds = settings["epochs"], row["seconds"]
+    print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f}{val} ({seconds:.0f} s)", flush=True)
 
 
 def _truth_and_meta(
@@ -289,13 +276,20 @@ def _truth_and_meta(
 
 
 def _out_of_time(
-    start: float, epoch_times: list[float], max_minutes: float | None, device: torch.device
+    start: float,
+    epoch_times: list[float],
+    max_minutes: float | None,
+    device: torch.device,
+    epoch: int,
 ) -> bool:
-    """Rank 0's guess: would the next epoch end after ``max_minutes``? Shared with all ranks."""
+    """Rank 0's guess: would epoch ``epoch + 1`` end after ``max_minutes``? Shared with all."""
     if max_minutes is None:
         return False
     guess = float(np.mean(epoch_times)) if epoch_times else 0.0
-    return broadcast_flag(time.monotonic() - start + guess > max_minutes * 60, device)
+    stop = broadcast_flag(time.monotonic() - start + guess > max_minutes * 60, device)
+    if stop and dist_info().is_main:
+        print(f"time limit of {max_minutes} min: stopping before epoch {epoch + 1}")
+    return stop
 
 
 # ---------------------------------------------------------------------------- fit
@@ -322,27 +316,19 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs`` epochs with checkpoints, validation and exact resume.
 
-    ``optimizer`` and ``scheduler`` (stepped once per epoch) come from the caller:
-    :func:`make_optimizer` and :func:`make_scheduler` build the seed's recipe.
-    ``warmup_iters`` adds a linear warmup at the start of epoch 1;
-    ``max_grad_norm`` clips gradients.
-
-    Every epoch writes ``out_dir/last.pt`` (model, optimizer, scheduler, epoch,
-    best mAP, settings) and a row of ``out_dir/history.csv`` (epoch, losses, lr,
-    val_map, seconds), both atomically; ``best.pt`` is rewritten when the validation
-    mAP@0.4 improves (without a ``valid_loader`` it follows ``last.pt``).
+    ``optimizer`` and ``scheduler`` (stepped once per epoch) come from the caller
+    (:func:`make_optimizer`, :func:`make_scheduler`: the seed's recipe);
+    ``warmup_iters`` warms up epoch 1, ``max_grad_norm`` clips gradients. Each epoch
+    writes ``last.pt``, a row of ``history.csv`` and, when the validation mAP@0.4
+    improves (always without ``valid_loader``), ``best.pt``, atomically.
 
     ``resume=True`` continues from ``last.pt``. The run's settings (rate, momentum,
-    schedule, seed, warmup, clipping, plus ``config``, e.g.
-    ``dataclasses.asdict(TrainConfig)``) are saved as one dict; a resume that differs
-    in any of them raises :class:`ResumeError` listing each difference. Each epoch's
-    randomness is seeded from ``(seed, epoch)`` (:func:`seed_epoch`), so an
-    interrupted and resumed run ends with the same weights as an uninterrupted one
-    on CPU (GPU kernels such as ``roi_align``'s backward are not bit-reproducible).
-
-    ``max_minutes`` stops before an epoch that would end after the budget;
-    ``amp`` (default: on for CUDA) uses mixed precision. Under DDP (``model``
-    wrapped in DistributedDataParallel) rank 0 alone validates, prints and writes.
+    schedule, seed, warmup, clipping, plus ``config``, e.g. ``asdict(TrainConfig)``)
+    are saved as one dict; a resume that differs raises :class:`ResumeError` naming
+    each difference. With each epoch seeded from ``(seed, epoch)``, an interrupted
+    and resumed run ends with the same weights as an uninterrupted one on CPU.
+    ``max_minutes`` stops before an epoch that would overrun it; ``amp`` (default: on
+    for CUDA) uses mixed precision. Under DDP rank 0 alone validates and writes.
     """
     start_time, info, out = time.monotonic(), dist_info(), Path(out_dir)
     if info.is_main:
@@ -351,21 +337,18 @@ def fit(
         **schedule_settings(optimizer.state_dict(), scheduler.state_dict()),
         **{"seed": seed, "warmup_iters": warmup_iters, "max_grad_norm": max_grad_norm},
         **dict(config or {}),
+        "epochs": epochs,
     }
-    use_amp = device.type == "cuda" if amp is None else (amp and device.type == "cuda")
+    use_amp = device.type == "cuda" and (amp is None or amp)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    parts = _Parts(model, optimizer, scheduler, scaler)
     if valid_loader is not None:
         valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
-    state = _RunState()
-    if resume:
-        state = _resume(out, model, optimizer, scheduler, scaler, settings, epochs, device)
-
+    state = _resume(out, parts, settings, epochs, device) if resume else _RunState()
     stopped_early, epoch_times = False, []
     for epoch in range(state.epochs_done, epochs):
-        if _out_of_time(start_time, epoch_times, max_minutes, device):
+        if _out_of_time(start_time, epoch_times, max_minutes, device, epoch):
             stopped_early = True
-            if info.is_main:
-                print(f"time limit of {max_minutes} min: stopping before epoch {epoch + 1}")
             break
         t0 = time.monotonic()
         seed_epoch(train_loader, seed, epoch)
@@ -385,15 +368,7 @@ def fit(
         state.history.append(row)
         state.epochs_done = epoch + 1
         if info.is_main:
-            improved = valid_loader is None or state.best_map is None or val_map > state.best_map
-            if improved and valid_loader is not None:
-                state.best_map, state.best_epoch = val_map, epoch + 1
-            _save_epoch(out, model, optimizer, scheduler, scaler, state, settings, improved)
-            val = "" if valid_loader is None else f" val mAP@0.4 {val_map:.4f}"
-            print(
-                f"epoch {epoch + 1}/{epochs} loss {losses['loss']:.4f}{val} ({seconds:.0f} s)",
-                flush=True,
-            )
+            _save_epoch(out, parts, state, settings, validated=valid_loader is not None)
         barrier()
     done = state.history[-1]["epoch"] if state.history else state.epochs_done
     history = pd.DataFrame(state.history)
