@@ -78,6 +78,9 @@ def test_version1_checkpoint_loads_and_rebuilds(tmp_path):
     model = _version1_checkpoint(path)
     ckpt = load_checkpoint(path, _model())
     assert ckpt["version"] == 1 and ckpt["epoch"] == 1
+    # its settings in today's place (notebook 05 reads ckpt["config"]["size"])
+    assert ckpt["config"]["size"] == SIZE and ckpt["config"]["seed"] == 3
+    assert ckpt["config"]["schedule"] == "step" and ckpt["config"]["lr"] == 0.01
     rebuilt = model_from_checkpoint(path)
     for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(), strict=True):
         assert torch.equal(a, b)
