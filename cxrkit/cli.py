@@ -69,7 +69,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cxrkit.engine import train_from_folder
+    from cxrkit.train import train_from_folder
 
     result = train_from_folder(
         data_dir=args.data_dir,
@@ -92,7 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cxrkit.engine import predict_to_submission
+    from cxrkit.train import predict_to_submission
 
     path = predict_to_submission(
         checkpoint=args.checkpoint,

@@ -3,7 +3,7 @@
 Each error also derives from the builtin it resembles, so ``except ValueError``
 (or ``FileNotFoundError``, ``RuntimeError``) still catches it, and the command line
 reports any :class:`CxrkitError` as one line instead of a traceback. Each error is
-also importable from the module that raises it (e.g. ``cxrkit.models.CheckpointError``).
+also importable from the module that raises it (e.g. ``cxrkit.checkpoints.CheckpointError``).
 
 >>> issubclass(AnnotationError, CxrkitError) and issubclass(AnnotationError, ValueError)
 True
@@ -25,6 +25,7 @@ __all__ = [
     "WeightsError",
     "CheckpointError",
     "ResumeError",
+    "NonFiniteLossError",
     "SubmissionError",
 ]
 
@@ -93,4 +94,12 @@ class ResumeError(CxrkitError, ValueError):
 
     Resuming continues *the same* run; a run with other settings belongs in another
     folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
+    """
+
+
+class NonFiniteLossError(CxrkitError, FloatingPointError):
+    """The training loss became NaN or infinite; training on would waste the time.
+
+    Under DistributedDataParallel every rank raises it with the same message, naming
+    the rank(s) whose loss was not finite (see :func:`cxrkit.distributed.any_rank`).
     """

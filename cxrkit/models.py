@@ -1,4 +1,4 @@
-"""Faster R-CNN builders and checkpoints.
+"""Faster R-CNN builders and their weights (notebook 04 teaches them).
 
 Four detectors share one entry point, :func:`build_model`:
 
@@ -19,11 +19,11 @@ Where the weights come from (``weights=``):
 - a path: a local ``.pth`` file, either a torchvision state_dict (for example the
   COCO file ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`` attached to a Kaggle
   notebook as a dataset, which is how Kaggle users work offline) or a cxrkit
-  checkpoint written by :func:`save_checkpoint`.
+  checkpoint written by :func:`cxrkit.checkpoints.save_checkpoint`.
 
-Checkpoints are plain dicts (model, optimizer, scheduler, epoch, model name, class
-count, build options) saved atomically and always read with
-``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle.
+Weight files are always read with ``torch.load(weights_only=True)``, which refuses to
+run code hidden in a pickle. Saving and resuming training checkpoints is
+:mod:`cxrkit.checkpoints`' job.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models import detection
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cxrkit._atomic import atomic_path
 from cxrkit.errors import CheckpointError, WeightsError
 from cxrkit.labels import MODEL_NUM_CLASSES
 
@@ -48,8 +54,6 @@ MODEL_NAMES: tuple[str, ...] = (
     "fasterrcnn_mobilenet_v3_large_fpn",
     "cxr_small",
 )
-CHECKPOINT_FORMAT = "cxrkit-checkpoint"
-CHECKPOINT_VERSION = 1
 CXR_SMALL_SIZE = 256  # default input side of cxr_small, in pixels
 
 # Box sizes as fractions of the image side, one pair per feature level (strides 8, 16,
@@ -109,8 +113,6 @@ class CxrSmallBackbone(nn.Module):
 
     def __init__(self, width: int = 1, fpn_channels: int = 64) -> None:
         super().__init__()
-        from torchvision.ops import FeaturePyramidNetwork
-        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
         c = [24 * width, 32 * width, 48 * width, 64 * width, 96 * width]
         self.stem = nn.Sequential(_ConvGN(3, c[0], 2), _ConvGN(c[0], c[1], 2))  # stride 4
@@ -134,10 +136,6 @@ def _build_cxr_small(
     num_classes: int, min_size: int | None, max_size: int | None, **kwargs: Any
 ) -> nn.Module:
     """The small from-scratch detector (see :func:`build_model` for the anchors)."""
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
 
     size = int(min_size or CXR_SMALL_SIZE)
     max_size = int(max_size or size)
@@ -179,21 +177,19 @@ def _build_cxr_small(
 
 # ----------------------------------------------------------------- torchvision models
 def _torchvision_builder(name: str):
-    from torchvision.models import detection
 
     return getattr(detection, name)
 
 
 def _replace_predictor(model: nn.Module, num_classes: int) -> nn.Module:
     """The seed's transfer-learning step: a new box predictor with ``num_classes`` outputs."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
     return model
 
 
-def _to_pretrained_layout(model: nn.Module, name: str) -> nn.Module:
+def to_pretrained_layout(model: nn.Module, name: str) -> nn.Module:
     """Make a randomly built torchvision detector look like torchvision's pretrained one.
 
     With COCO weights torchvision freezes BatchNorm (``FrozenBatchNorm2d``: fixed
@@ -202,7 +198,6 @@ def _to_pretrained_layout(model: nn.Module, name: str) -> nn.Module:
     BatchNorm and trains every layer, so its state_dict keys differ
     (``num_batches_tracked``). Loading a local COCO file needs the pretrained layout.
     """
-    from torchvision.ops.misc import FrozenBatchNorm2d
 
     body = model.backbone.body
     if name != "fasterrcnn_resnet50_fpn_v2":  # v2 keeps trainable BatchNorm
@@ -264,8 +259,8 @@ def _build_torchvision(
 
 def _build_from_file(name: str, num_classes: int, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     """Build ``name`` and load a local state_dict or cxrkit checkpoint into it."""
-    state = _read_state_dict(path, expected_name=name)
-    file_classes = _classes_in_state(state, path)
+    state = state_dict_from_file(path, expected_name=name)
+    file_classes = classes_in_state(state, path)
     if name == "cxr_small":
         model = _build_cxr_small(
             file_classes, kwargs.pop("min_size", None), kwargs.pop("max_size", None), **kwargs
@@ -274,8 +269,8 @@ def _build_from_file(name: str, num_classes: int, path: Path, kwargs: dict[str, 
         builder = _torchvision_builder(name)
         model = builder(weights=None, weights_backbone=None, num_classes=file_classes, **kwargs)
         if not any(k.endswith("num_batches_tracked") for k in state):
-            model = _to_pretrained_layout(model, name)
-    _check_state_matches(model, state, path, name)
+            model = to_pretrained_layout(model, name)
+    check_state_matches(model, state, path, name)
     model.load_state_dict(state)
     if file_classes != num_classes:  # e.g. COCO (91) -> VinBigData (15): the seed's recipe
         model = _replace_predictor(model, num_classes)
@@ -362,99 +357,9 @@ def build_model(
     return model
 
 
-# --------------------------------------------------------------------------- checkpoints
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    """NumPy's global RNG state as tensors and numbers (loadable with weights_only=True)."""
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
-    return {
-        "kind": str(kind),
-        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "gauss": float(gauss),
-    }
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) RNG states, for exact resume."""
-    import random
-
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": _numpy_rng_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    import random
-
-    import numpy as np
-
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        s = state["numpy"]
-        keys = s["keys"].numpy().astype(np.uint32)
-        np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["gauss"]))  # noqa: NPY002
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    epoch: int = 0,
-    **extra: Any,
-) -> Path:
-    """Save a training checkpoint atomically (a crash never leaves half a file).
-
-    The dict holds ``model`` (state_dict), ``optimizer``, ``scheduler``, ``epoch``
-    (the number of epochs finished), ``model_name``, ``num_classes`` and the build
-    options (``model_config``) so :func:`model_from_checkpoint` can rebuild the
-    model, the RNG states (``rng``) and anything passed in ``extra`` (e.g. the best
-    validation mAP, the training arguments). Keep ``extra`` to plain Python types,
-    tensors and dicts of them: ``load_checkpoint`` reads with ``weights_only=True``.
-    """
-    bare = unwrap(model)
-    config = dict(getattr(bare, "cxrkit_config", {}) or {})
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": config.get("name"),
-        "num_classes": config.get("num_classes", _classes_in_state(bare.state_dict(), path)),
-        "model_config": config,
-        "model": bare.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": int(epoch),
-        "rng": rng_state(),
-        **extra,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
-
-
-def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
+# ------------------------------------------------------------------ weight files
+def read_weights_file(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -466,10 +371,11 @@ def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
         ) from exc
 
 
-def _read_state_dict(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
+def state_dict_from_file(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
     """The model state_dict inside a cxrkit checkpoint or a bare state_dict file."""
-    obj = _torch_load(path)
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+    obj = read_weights_file(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        # a cxrkit checkpoint, or torchvision references' {"model": ..., "optimizer": ...}
         name = obj.get("model_name")
         if expected_name is not None and name is not None and name != expected_name:
             raise CheckpointError(
@@ -477,14 +383,13 @@ def _read_state_dict(path: Path, expected_name: str | None = None) -> dict[str, 
                 f"{name!r} or use model_from_checkpoint({str(path)!r})"
             )
         obj = obj["model"]
-    elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]  # torchvision references' checkpoints: {"model": ..., "optimizer": ...}
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no model state_dict (got {type(obj).__name__})")
     return dict(obj)
 
 
-def _classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
+def classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
+    """The class count of a Faster R-CNN state_dict (rows of its box classifier)."""
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state:
         raise CheckpointError(
@@ -493,7 +398,7 @@ def _classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
     return int(state[key].shape[0])
 
 
-def _check_state_matches(
+def check_state_matches(
     model: nn.Module, state: Mapping[str, torch.Tensor], path: Any, what: str
 ) -> None:
     """Raise CheckpointError naming the first mismatches instead of PyTorch's wall of text."""
@@ -516,85 +421,6 @@ def _check_state_matches(
         raise CheckpointError(
             f"checkpoint {path} does not fit the {what} model: " + "; ".join(parts)
         )
-
-
-def load_checkpoint(
-    path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu"
-) -> dict[str, Any]:
-    """Read a checkpoint (``weights_only=True``) and optionally load it into ``model``.
-
-    Returns the checkpoint dict; the caller restores the optimizer and scheduler
-    from ``ckpt["optimizer"]`` / ``ckpt["scheduler"]`` (see :func:`cxrkit.engine.fit`).
-    Before touching ``model`` it checks the model name, the class count and every
-    tensor shape, and raises :class:`CheckpointError` with a readable reason.
-    A bare state_dict file is accepted too (wrapped as ``{"model": state}``).
-    """
-    path = Path(path)
-    obj = _torch_load(path, map_location)
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        ckpt = dict(obj)
-    else:
-        ckpt = {"model": _read_state_dict(path), "model_name": None, "epoch": 0}
-        ckpt["num_classes"] = _classes_in_state(ckpt["model"], path)
-    if model is not None:
-        load_into_model(model, ckpt, path)
-    return ckpt
-
-
-def load_into_model(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Load a checkpoint dict (from :func:`load_checkpoint`) into ``model``, after checking
-    the model name, the class count and every tensor shape (:class:`CheckpointError`)."""
-    bare = unwrap(model)
-    config = getattr(bare, "cxrkit_config", {}) or {}
-    name, file_name = config.get("name"), ckpt.get("model_name")
-    if name and file_name and name != file_name:
-        raise CheckpointError(
-            f"checkpoint {path} holds a {file_name!r} model but the model is {name!r}; "
-            f"build {file_name!r} or use model_from_checkpoint"
-        )
-    own_classes = _classes_in_state(bare.state_dict(), "the model")
-    file_classes = int(ckpt.get("num_classes") or _classes_in_state(ckpt["model"], path))
-    if own_classes != file_classes:
-        raise CheckpointError(
-            f"checkpoint {path} was trained for {file_classes} classes but the model has "
-            f"{own_classes}; build the model with num_classes={file_classes}"
-        )
-    _check_state_matches(bare, ckpt["model"], path, repr(name or type(bare).__name__))
-    bare.load_state_dict(ckpt["model"])
-
-
-def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild the model a cxrkit checkpoint was saved from and load its weights.
-
-    Uses the stored name, class count and build options (input size, ...), so
-    ``predict`` needs nothing but the file. No download happens (``weights=None``
-    for the architecture, then the checkpoint's weights).
-    """
-    path = Path(path)
-    ckpt = _torch_load(path, map_location)
-    if not (isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT):
-        raise CheckpointError(
-            f"{path} is not a cxrkit checkpoint (no model name stored); build the model with "
-            "build_model(name, weights=path) instead"
-        )
-    config = dict(ckpt.get("model_config") or {})
-    name = ckpt.get("model_name") or config.get("name")
-    if name not in MODEL_NAMES:
-        raise CheckpointError(f"checkpoint {path} names an unknown model {name!r}")
-    model = build_model(
-        name,
-        num_classes=int(ckpt["num_classes"]),
-        weights=None,
-        min_size=config.get("min_size"),
-        max_size=config.get("max_size"),
-        **dict(config.get("kwargs") or {}),
-    )
-    state = ckpt["model"]
-    if name != "cxr_small" and not any(k.endswith("num_batches_tracked") for k in state):
-        model = _to_pretrained_layout(model, name)  # trained from COCO: FrozenBatchNorm
-    _check_state_matches(model, state, path, repr(name))
-    model.load_state_dict(state)
-    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

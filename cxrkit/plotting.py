@@ -402,7 +402,7 @@ def plot_history(
     """Training curves: every ``*loss*`` column on the left, every ``*map*``/``*ap*`` on the right.
 
     ``history`` is one row per epoch (a DataFrame or a list of dicts, as written
-    by :func:`cxrkit.engine.fit`); the x axis is its ``epoch`` column if present.
+    by :func:`cxrkit.fit.fit`); the x axis is its ``epoch`` column if present.
     Comparing train and validation loss shows over-fitting; the mAP panel shows
     whether lower loss still buys better detections.
     """

@@ -102,6 +102,30 @@ def no_finding_score(
     return score.rename("no_finding")
 
 
+def add_no_finding(predictions: pd.DataFrame, image_ids: Iterable[str]) -> pd.DataFrame:
+    """Append one "No finding" row (class 14, box 0 0 1 1) per image, as a submission does.
+
+    Its score is :func:`no_finding_score` (``1 - best finding score``), so a validation
+    mAP counts class 14 exactly like the leaderboard (notebook 05, section 7).
+    """
+    ids = list(dict.fromkeys(str(i) for i in image_ids))
+    findings = predictions[predictions["class_id"] != NO_FINDING_ID]
+    nf = no_finding_score(findings, ids)
+    x0, y0, x1, y1 = NO_FINDING_BOX
+    rows = pd.DataFrame(
+        {
+            "image_id": nf.index.astype(str),
+            "class_id": NO_FINDING_ID,
+            "score": nf.to_numpy(dtype=np.float64),
+            "x_min": x0,
+            "y_min": y0,
+            "x_max": x1,
+            "y_max": y1,
+        }
+    )
+    return pd.concat([findings, rows], ignore_index=True)
+
+
 def prediction_strings(
     predictions: pd.DataFrame,
     image_ids: Iterable,

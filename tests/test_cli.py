@@ -296,8 +296,9 @@ def test_preprocess_missing_folder_exit_2(tmp_path):
 def test_train_predict_evaluate_commands(sample_data, preprocessed, tmp_path, capsys):
     """The CLI path end to end on the tiny sample (1 short epoch)."""
     from cxrkit.cli import main
-    from cxrkit.engine import ResumeError, train_from_folder
+    from cxrkit.fit import ResumeError
     from cxrkit.submission import read_submission
+    from cxrkit.train import train_from_folder
 
     run = tmp_path / "run"
     assert main([

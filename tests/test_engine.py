@@ -11,18 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrkit.engine import (
-    Averager,
-    ResumeError,
-    evaluate,
-    fit,
-    predict,
-    predict_to_submission,
-    predictions_to_frame,
-    train_from_folder,
-    train_one_epoch,
-)
-from cxrkit.models import CheckpointError, build_model
+from cxrkit.checkpoints import CheckpointError
+from cxrkit.engine import Averager, evaluate, predict, predictions_to_frame, train_one_epoch
+from cxrkit.models import build_model
+from cxrkit.train import predict_to_submission, train_from_folder
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -174,54 +166,6 @@ def test_evaluate_scores_a_perfect_model_at_one(fused, preprocessed):
     assert 14 in result["ap"] or not (fused["class_id"] == 14).any()
 
 
-@pytest.mark.slow
-def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
-    """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
-    kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
-    train, valid = _loaders(fused, preprocessed)
-    straight = _small_model()
-    result = fit(straight, train, valid, tmp_path / "a", 2, CPU, **kw)
-    assert result.epochs_done == 2
-
-    train, valid = _loaders(fused, preprocessed)
-    fit(_small_model(), train, valid, tmp_path / "b", 1, CPU, **kw)  # "interrupted"
-    torch.manual_seed(123)  # the resumed process starts from other random numbers
-    train, valid = _loaders(fused, preprocessed)
-    resumed = build_model("cxr_small", min_size=128, max_size=128)
-    again = fit(resumed, train, valid, tmp_path / "b", 2, CPU, resume=True, **kw)
-    assert again.epochs_done == 2
-    for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
-        assert torch.equal(a, b), name
-
-    history = pd.read_csv(tmp_path / "b" / "history.csv")
-    assert history["epoch"].tolist() == [1, 2]
-    assert {"loss", "lr", "val_map", "seconds", "loss_classifier"} <= set(history.columns)
-    best = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
-    assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
-
-
-@pytest.mark.slow
-def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
-    """The saved optimizer/scheduler would silently override a new rate or schedule."""
-    kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
-    train, _ = _loaders(fused, preprocessed, size=64)
-    fit(_small_model(64), train, None, tmp_path, 1, CPU, **kw)
-
-    def resume(epochs, **changes):
-        return fit(_small_model(64), train, None, tmp_path, epochs, CPU, resume=True,
-                   **{**kw, **changes})  # fmt: skip
-
-    with pytest.raises(ResumeError, match="planned for 1 epochs .* would rise again"):
-        resume(3)
-    with pytest.raises(ResumeError, match="schedule: the run used 'cosine'"):
-        resume(1, schedule="step")
-    with pytest.raises(ResumeError, match="lr: the run used 0.01, this call asks for 0.02"):
-        resume(1, lr=0.02)
-    with pytest.raises(ResumeError, match="seed: the run used 3"):
-        resume(1, seed=4)
-    assert resume(1).epochs_done == 1  # same settings: nothing left to do, no error
-
-
 def test_bad_inputs_fail_clearly(preprocessed, tmp_path):
     from cxrkit.annotations import TRAIN_COLUMNS, AnnotationError
 
@@ -257,7 +201,7 @@ def test_training_beats_an_untrained_model(tmp_path):
 
 
 def _untrained_map(pre, raw) -> float:
-    from cxrkit.models import save_checkpoint
+    from cxrkit.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("cxr_small", min_size=256, max_size=256)

@@ -26,8 +26,9 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "DatasetError": (ValueError, "data"),
     "SubmissionError": (ValueError, "submission"),
     "WeightsError": (RuntimeError, "models"),
-    "CheckpointError": (RuntimeError, "models"),
-    "ResumeError": (ValueError, "engine"),
+    "CheckpointError": (RuntimeError, "checkpoints"),
+    "ResumeError": (ValueError, "fit"),
+    "NonFiniteLossError": (FloatingPointError, "engine"),
 }
 
 

@@ -9,18 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.models import (
-    MODEL_NAMES,
+from cxrkit.checkpoints import (
     CheckpointError,
-    WeightsError,
-    _to_pretrained_layout,
-    build_model,
-    count_parameters,
     load_checkpoint,
     model_from_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
+)
+from cxrkit.models import (
+    MODEL_NAMES,
+    WeightsError,
+    build_model,
+    count_parameters,
+    to_pretrained_layout,
 )
 
 torch.set_num_threads(1)
@@ -113,7 +115,7 @@ def test_pretrained_layout_matches_torchvision(monkeypatch):
     reference = fasterrcnn_mobilenet_v3_large_fpn(
         weights=None, weights_backbone="DEFAULT", num_classes=91
     )
-    ours = _to_pretrained_layout(
+    ours = to_pretrained_layout(
         build_model("fasterrcnn_mobilenet_v3_large_fpn", num_classes=91),
         "fasterrcnn_mobilenet_v3_large_fpn",
     )
@@ -127,7 +129,7 @@ def test_local_coco_file_loads_then_gets_a_new_predictor(tmp_path):
     """The Kaggle offline path: a 91-class COCO state_dict file + weights=path."""
     name = "fasterrcnn_mobilenet_v3_large_fpn"
     torch.manual_seed(0)
-    coco = _to_pretrained_layout(build_model(name, num_classes=91), name)
+    coco = to_pretrained_layout(build_model(name, num_classes=91), name)
     path = tmp_path / "coco.pth"
     torch.save(coco.state_dict(), path)
     model = build_model(name, num_classes=15, weights=path)

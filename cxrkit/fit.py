@@ -1,0 +1,375 @@
+"""Epochs, checkpoints and an exact resume around the loops (notebook 04, sections 3-5).
+
+:func:`fit` trains a model with an optimizer and a scheduler that the caller
+builds (:func:`make_optimizer` and :func:`make_scheduler` give the seed's recipe:
+SGD with momentum, then StepLR or a cosine decay, as in torchvision's detection
+references), validates each epoch with the competition metric, and writes
+``last.pt`` (every epoch), ``best.pt`` (by validation mAP) and ``history.csv``.
+
+**Exact resume**: each epoch's randomness depends on ``(seed, epoch)`` only
+(:func:`seed_epoch`), so interrupting after epoch k and resuming gives the same
+weights as an uninterrupted run (on CPU). A resume must be *the same run*: the
+run's settings are saved as one dict (``ckpt["config"]``) and any difference is
+listed in one :class:`cxrkit.errors.ResumeError` (:func:`resume_problems`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cxrkit._atomic import write_csv_atomic
+from cxrkit.checkpoints import (
+    load_checkpoint,
+    load_into_model,
+    save_checkpoint,
+    schedule_settings,
+)
+from cxrkit.distributed import barrier, broadcast_flag, dist_info
+from cxrkit.engine import evaluate, train_one_epoch
+from cxrkit.errors import ResumeError
+from cxrkit.transforms import reseed
+
+# Settings a resumed run may change: paths (folders get moved), the number of
+# epochs (StepLR continues; a cosine schedule is checked through T_max instead), the
+# initial weights (last.pt replaces them) and the loader's worker count.
+FREE_SETTINGS = frozenset(
+    {"epochs", "data_dir", "annotations_csv", "weights", "num_workers", "world_size"}
+)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: where the files are and the best validation mAP."""
+
+    out_dir: Path
+    epochs_done: int
+    best_map: float | None
+    best_epoch: int | None
+    history: pd.DataFrame = field(repr=False)
+    stopped_early: bool = False
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def __str__(self) -> str:
+        best = "n/a" if self.best_map is None else f"{self.best_map:.4f} (epoch {self.best_epoch})"
+        stop = " (stopped by the time limit)" if self.stopped_early else ""
+        return f"trained {self.epochs_done} epoch(s){stop}; best validation mAP@0.4 {best}; files in {self.out_dir}"
+
+
+# ------------------------------------------------------------------------ seeding
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch: a pure function of (seed, epoch, rank)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**31
+
+
+def seed_epoch(loader: Any, seed: int, epoch: int) -> None:
+    """Make everything random in epoch ``epoch`` depend on ``(seed, epoch)`` only.
+
+    This makes ``resume`` exact without replaying random numbers: the Python, NumPy
+    and torch global RNGs (RPN/ROI sampling), the loader's shuffling (its
+    ``generator``; ``DistributedSampler.set_epoch`` under DDP) and the dataset's
+    albumentations pipeline (workers reseed via :func:`cxrkit.data.worker_init_fn`).
+    """
+    rank = dist_info().rank
+    s = epoch_seed(seed, epoch, rank)
+    random.seed(s)
+    np.random.seed(s)  # noqa: NPY002 - libraries may draw from the global RNG
+    torch.manual_seed(s)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(epoch_seed(seed, epoch))  # same order on every rank
+    dataset = getattr(loader, "dataset", None)
+    while hasattr(dataset, "dataset"):  # torch.utils.data.Subset
+        dataset = dataset.dataset
+    transforms = getattr(dataset, "transforms", None)
+    if hasattr(transforms, "set_random_state"):
+        reseed(transforms, s)
+
+
+# ------------------------------------------------------------ optimizer and schedule
+def make_optimizer(
+    model: nn.Module, lr: float = 0.005, momentum: float = 0.9, weight_decay: float = 0.0005
+) -> torch.optim.SGD:
+    """The seed notebook's optimizer: SGD with momentum over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str = "step",
+    epochs: int = 1,
+    step_size: int = 3,
+    gamma: float = 0.1,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule: ``"step"`` (StepLR, the seed's) or ``"cosine"`` (to 0 at ``epochs``).
+
+    The warmup is per iteration and lives in the loop
+    (``fit(..., warmup_iters=N)``, :class:`cxrkit.engine.LinearWarmup`).
+    """
+    if schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    raise ValueError(f"schedule must be 'step' or 'cosine', got {schedule!r}")
+
+
+# ------------------------------------------------------------------------- resume
+def _same(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def _cosine_problem(planned: int, epochs: int) -> str:
+    change = "rise again" if epochs > planned else "stop before reaching 0"
+    return (
+        f"epochs: the cosine schedule was planned for {planned} epochs and brings the rate to "
+        f"0 there; with epochs={epochs} it would {change} (resume with epochs={planned})"
+    )
+
+
+def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any], epochs: int) -> list[str]:
+    """Every setting in which this call differs from the saved run (one line each).
+
+    Compares the keys both dicts have, except :data:`FREE_SETTINGS`. The optimizer and
+    scheduler states a resume loads would otherwise silently put back the old rate
+    and schedule, so the run would not be the one asked for.
+    """
+    problems = []
+    for key, new in now.items():
+        if key in FREE_SETTINGS or key not in saved or _same(saved[key], new):
+            continue
+        if key == "T_max":
+            if saved.get("schedule") == now.get("schedule") == "cosine":
+                problems.append(_cosine_problem(int(saved[key]), epochs))
+            continue
+        problems.append(f"{key}: the run used {saved[key]!r}, this call asks for {new!r}")
+    return problems
+
+
+@dataclass
+class _RunState:
+    """Where a run stands: epochs done, best validation mAP so far, history rows."""
+
+    epochs_done: int = 0
+    best_map: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Parts(NamedTuple):
+    """What a checkpoint saves and a resume restores, besides the epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+
+
+def _resume(
+    out: Path,
+    parts: _Parts,
+    settings: Mapping[str, Any],
+    epochs: int,
+    device: torch.device,
+) -> _RunState:
+    """Load ``out/last.pt`` into the model, optimizer, scheduler and scaler, after
+    checking that this call's settings are the run's (:class:`ResumeError`)."""
+    last_path = out / "last.pt"
+    info = dist_info()
+    if not last_path.is_file():
+        if info.is_main:
+            print(f"resume: no {last_path} yet, starting from epoch 1")
+        return _RunState()
+    ckpt = load_checkpoint(last_path, map_location=device)
+    problems = resume_problems(ckpt.get("config") or {}, settings, epochs)
+    if problems:
+        raise ResumeError(
+            f"cannot resume {last_path} with other settings: "
+            + "; ".join(problems)
+            + ". Use the run's settings, or another output folder for a new run."
+        )
+    model, optimizer, scheduler, scaler = parts
+    load_into_model(model, ckpt, last_path)
+    if ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    state = _RunState(int(ckpt.get("epoch", 0)), ckpt.get("best_map"), ckpt.get("best_epoch"))
+    if (out / "history.csv").is_file():
+        old = pd.read_csv(out / "history.csv")
+        state.history = old[old["epoch"] <= state.epochs_done].to_dict("records")
+    if info.is_main:
+        print(f"resuming from {last_path} after epoch {state.epochs_done}")
+    return state
+
+
+def _save_epoch(
+    out: Path, parts: _Parts, state: _RunState, settings: Mapping[str, Any], validated: bool
+) -> None:
+    """Update the best mAP; write ``last.pt``, ``best.pt`` (if it improved, or always
+    without validation) and ``history.csv`` (atomically); print the epoch's line."""
+    row = state.history[-1]
+    val_map = row["val_map"]
+    improved = not validated or state.best_map is None or val_map > state.best_map
+    if improved and validated:
+        state.best_map, state.best_epoch = val_map, row["epoch"]
+    extra: dict[str, Any] = {
+        "best_map": state.best_map,
+        "best_epoch": state.best_epoch,
+        "history_rows": len(state.history),
+        "config": dict(settings),
+    }
+    model, optimizer, scheduler, scaler = parts
+    if scaler is not None:
+        extra["scaler"] = scaler.state_dict()
+    epoch = state.epochs_done
+    save_checkpoint(out / "last.pt", model, optimizer, scheduler, epoch, **extra)
+    if improved:
+        save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, **extra)
+    write_csv_atomic(pd.DataFrame(state.history), out / "history.csv")
+    val = f" val mAP@0.4 {val_map:.4f}" if validated else ""
+    epochs, seconds = settings["epochs"], row["seconds"]
+    print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f}{val} ({seconds:.0f} s)", flush=True)
+
+
+def _truth_and_meta(
+    loader: Any, truth: pd.DataFrame | None, meta: pd.DataFrame | Mapping | None
+) -> tuple[pd.DataFrame, pd.DataFrame | Mapping]:
+    """Validation truth and meta: given, or read back from an XrayDataset."""
+    ds = getattr(loader, "dataset", None)
+    if meta is None and isinstance(getattr(ds, "meta", None), pd.DataFrame):
+        meta = ds.meta.rename_axis("image_id").reset_index()
+    if truth is None and callable(getattr(ds, "truth_table", None)):
+        truth = ds.truth_table()
+    if truth is None or meta is None:
+        raise ValueError(
+            "fit needs the validation truth (train.csv columns, original pixels) and the meta "
+            "table: pass valid_truth= and valid_meta=, or use a cxrkit.data.XrayDataset"
+        )
+    return truth, meta
+
+
+def _out_of_time(
+    start: float,
+    epoch_times: list[float],
+    max_minutes: float | None,
+    device: torch.device,
+    epoch: int,
+) -> bool:
+    """Rank 0's guess: would epoch ``epoch + 1`` end after ``max_minutes``? Shared with all."""
+    if max_minutes is None:
+        return False
+    guess = float(np.mean(epoch_times)) if epoch_times else 0.0
+    stop = broadcast_flag(time.monotonic() - start + guess > max_minutes * 60, device)
+    if stop and dist_info().is_main:
+        print(f"time limit of {max_minutes} min: stopping before epoch {epoch + 1}")
+    return stop
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    valid_loader: Iterable | None,
+    out_dir: str | os.PathLike,
+    epochs: int,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    resume: bool = False,
+    seed: int = 42,
+    warmup_iters: int = 0,
+    max_grad_norm: float | None = None,
+    valid_truth: pd.DataFrame | None = None,
+    valid_meta: pd.DataFrame | Mapping | None = None,
+    max_minutes: float | None = None,
+    amp: bool | None = None,
+    print_freq: int = 0,
+    config: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train for ``epochs`` epochs with checkpoints, validation and exact resume.
+
+    ``optimizer`` and ``scheduler`` (stepped once per epoch) come from the caller
+    (:func:`make_optimizer`, :func:`make_scheduler`: the seed's recipe);
+    ``warmup_iters`` warms up epoch 1, ``max_grad_norm`` clips gradients. Each epoch
+    writes ``last.pt``, a row of ``history.csv`` and, when the validation mAP@0.4
+    improves (always without ``valid_loader``), ``best.pt``, atomically.
+
+    ``resume=True`` continues from ``last.pt``. The run's settings (rate, momentum,
+    schedule, seed, warmup, clipping, plus ``config``, e.g. ``asdict(TrainConfig)``)
+    are saved as one dict; a resume that differs raises :class:`ResumeError` naming
+    each difference. With each epoch seeded from ``(seed, epoch)``, an interrupted
+    and resumed run ends with the same weights as an uninterrupted one on CPU.
+    ``max_minutes`` stops before an epoch that would overrun it; ``amp`` (default: on
+    for CUDA) uses mixed precision. Under DDP rank 0 alone validates and writes.
+    """
+    start_time, info, out = time.monotonic(), dist_info(), Path(out_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        **schedule_settings(optimizer.state_dict(), scheduler.state_dict()),
+        **{"seed": seed, "warmup_iters": warmup_iters, "max_grad_norm": max_grad_norm},
+        **dict(config or {}),
+        "epochs": epochs,
+    }
+    use_amp = device.type == "cuda" and (amp is None or amp)
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    parts = _Parts(model, optimizer, scheduler, scaler)
+    if valid_loader is not None:
+        valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
+    state = _resume(out, parts, settings, epochs, device) if resume else _RunState()
+    stopped_early, epoch_times = False, []
+    for epoch in range(state.epochs_done, epochs):
+        if _out_of_time(start_time, epoch_times, max_minutes, device, epoch):
+            stopped_early = True
+            break
+        t0 = time.monotonic()
+        seed_epoch(train_loader, seed, epoch)
+        lr_now = optimizer.param_groups[0]["lr"]
+        losses = train_one_epoch(
+            model, optimizer, train_loader, device, epoch + 1, scaler=scaler,
+            print_freq=print_freq, warmup_iters=warmup_iters if epoch == 0 else 0,
+            max_grad_norm=max_grad_norm,
+        )  # fmt: skip
+        scheduler.step()
+        val_map = float("nan")
+        if valid_loader is not None and info.is_main:
+            val_map = evaluate(model, valid_loader, device, valid_truth, valid_meta)["map"]
+        seconds = time.monotonic() - t0
+        epoch_times.append(seconds)
+        row = {"epoch": epoch + 1, **losses, "lr": lr_now, "val_map": val_map, "seconds": seconds}
+        state.history.append(row)
+        state.epochs_done = epoch + 1
+        if info.is_main:
+            _save_epoch(out, parts, state, settings, validated=valid_loader is not None)
+        barrier()
+    done = state.history[-1]["epoch"] if state.history else state.epochs_done
+    history = pd.DataFrame(state.history)
+    return FitResult(out, int(done), state.best_map, state.best_epoch, history, stopped_early)

@@ -1,0 +1,328 @@
+"""What the command line runs: ``python -m cxrkit train`` and ``predict`` (notebooks 04 and 06).
+
+:func:`train_from_folder` goes from a preprocessed folder and ``train.csv`` to a run
+folder (``last.pt``, ``best.pt``, ``history.csv``, ``split.csv``), under
+``torchrun`` with DistributedDataParallel too. Every setting of a run, with its
+default, is one :class:`TrainConfig`, saved in the checkpoints (``ckpt["config"]``)
+so that a resume can check it is the same run. :func:`predict_to_submission` turns a
+checkpoint and a preprocessed test folder into a Kaggle submission.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cxrkit._atomic import write_csv_atomic
+from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint
+from cxrkit.data import TestDataset, XrayDataset, collate_fn, worker_init_fn
+from cxrkit.data import split as split_ids
+from cxrkit.distributed import DistInfo, cleanup_distributed, setup_distributed
+from cxrkit.engine import predict
+from cxrkit.errors import AnnotationError, ResumeError
+from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler
+from cxrkit.models import build_model
+from cxrkit.submission import prediction_strings, write_submission
+from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
+from cxrkit.utils import seed_everything, try_gpu
+
+# Per-model defaults of the settings a TrainConfig leaves at None: cxr_small learns
+# from scratch, so it wants a higher rate with a warmup and a cosine decay; the
+# COCO-initialised torchvision models keep the seed's recipe.
+SMALL_DEFAULTS: dict[str, Any] = {
+    "size": 256,
+    "lr": 0.02,
+    "schedule": "cosine",
+    "warmup_iters": 50,
+    "max_grad_norm": 10.0,
+}
+SEED_DEFAULTS: dict[str, Any] = {
+    "size": 512,
+    "lr": 0.005,
+    "schedule": "step",
+    "warmup_iters": 0,
+    "max_grad_norm": None,
+}
+PER_MODEL = tuple(SMALL_DEFAULTS)  # the fields whose None means "the model's default"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run, with its default (what ``cxrkit train`` uses).
+
+    ``size``, ``lr``, ``schedule``, ``warmup_iters`` and ``max_grad_norm`` left at
+    ``None`` take the model's default (:data:`SMALL_DEFAULTS` for ``cxr_small``,
+    :data:`SEED_DEFAULTS` otherwise); :meth:`resolved` fills them in.
+    """
+
+    model_name: str = "cxr_small"
+    epochs: int = 10
+    batch_size: int = 4
+    weights: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    schedule: str | None = None
+    step_size: int = 3
+    gamma: float = 0.1
+    warmup_iters: int | None = None
+    max_grad_norm: float | None = None
+    size: int | None = None
+    valid_fraction: float = 0.2
+    seed: int = 42
+    num_workers: int = 0
+
+    def resolved(self) -> TrainConfig:
+        """This config with the per-model defaults in place of ``None``."""
+        defaults = SMALL_DEFAULTS if self.model_name == "cxr_small" else SEED_DEFAULTS
+        filled = {k: defaults[k] for k in PER_MODEL if getattr(self, k) is None}
+        if self.lr is not None:
+            filled["lr"] = float(self.lr)
+        if self.size:  # 0 or None: the model's default, as --size 0 always meant
+            filled["size"] = int(self.size)
+        else:
+            filled["size"] = defaults["size"]
+        weights = None if self.weights is None else str(self.weights)
+        return replace(self, **filled, weights=weights)
+
+
+def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
+    """Load the annotations; fuse the radiologists' boxes when there are several per image."""
+    table = load_annotations(annotations_csv)
+    if len(table) == 0:
+        raise AnnotationError(f"{annotations_csv} has no annotation rows: nothing to train on")
+    known = set(meta["image_id"].astype(str))
+    ids = table["image_id"].astype(str)
+    absent = sorted(set(ids) - known)
+    if absent:
+        warnings.warn(
+            f"{len(absent)} annotated image(s) are not in the preprocessed folder "
+            f"(e.g. {absent[:3]}); they are left out",
+            stacklevel=2,
+        )
+        table = table[ids.isin(known)]
+        if len(table) == 0:
+            raise AnnotationError(
+                f"none of the images of {annotations_csv} is in the preprocessed folder"
+            )
+    readers = table.groupby("image_id")["rad_id"].nunique()
+    if (readers > 1).any() and not (table["rad_id"].astype(str) == "wbf").all():
+        table = fuse_boxes(table, meta)
+    return table
+
+
+def _keep_split(
+    path: Path, train_ids: Sequence[str], valid_ids: Sequence[str], resume: bool, write: bool
+) -> None:
+    """Save the run's train/valid split (``split.csv``: image_id, subset) beside its
+    checkpoints, so the validation images can be found again later; when resuming,
+    check that the split is still the one the run was trained with."""
+    table = pd.DataFrame(
+        {
+            "image_id": [*map(str, train_ids), *map(str, valid_ids)],
+            "subset": ["train"] * len(train_ids) + ["valid"] * len(valid_ids),
+        }
+    ).sort_values("image_id", ignore_index=True)
+    if resume and path.is_file() and (path.parent / "last.pt").is_file():
+        old = pd.read_csv(path, dtype=str).sort_values("image_id", ignore_index=True)
+        if not old.equals(table.astype(str)):
+            moved = len(set(map(tuple, old.values)) ^ set(map(tuple, table.values)))
+            raise ResumeError(
+                f"cannot resume {path.parent}: the train/valid split differs from the run's "
+                f"{path.name} ({moved} row(s) differ), so the annotations or the preprocessed "
+                "folder changed. Use the run's data, or another output folder for a new run."
+            )
+    if write:
+        write_csv_atomic(table, path)
+
+
+def make_loaders(
+    table: pd.DataFrame,
+    meta: pd.DataFrame,
+    image_dir: Path,
+    split: tuple[Sequence[str], Sequence[str]],
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> tuple[DataLoader, DataLoader]:
+    """The train and valid loaders of a run; under DDP each rank trains on its own shard.
+
+    ``DistributedSampler(drop_last=True)``: no image is repeated to even out the
+    shards; at most ``world_size - 1`` images sit out an epoch.
+    """
+    ids = table["image_id"].astype(str)
+    train_ds = XrayDataset(
+        table[ids.isin(set(split[0]))],
+        image_dir,
+        train_transforms(cfg.size, seed=cfg.seed),
+        meta=meta,
+    )
+    valid_ds = XrayDataset(
+        table[ids.isin(set(split[1]))], image_dir, valid_transforms(cfg.size), meta=meta
+    )
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(
+            train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    generator = torch.Generator()
+    generator.manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        worker_init_fn=worker_init_fn,
+        generator=generator,
+        drop_last=len(train_ds) > cfg.batch_size,  # no batch of one at the end
+    )
+    valid_loader = DataLoader(
+        valid_ds, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_fn
+    )
+    return train_loader, valid_loader
+
+
+def _build_for_training(cfg: TrainConfig, device: torch.device, info: DistInfo) -> nn.Module:
+    """The model of ``cfg`` on ``device``, wrapped in DistributedDataParallel under torchrun."""
+    model_kw: dict[str, Any] = {}
+    if cfg.model_name == "cxr_small" or cfg.size != SEED_DEFAULTS["size"]:
+        model_kw = {"min_size": cfg.size, "max_size": cfg.size}
+    model = build_model(cfg.model_name, weights=cfg.weights, **model_kw).to(device)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    return model
+
+
+def _read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
+    """The PNG folder and the meta table of a preprocessed folder."""
+    meta_path = data / "train_meta.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: DATA_DIR must be a preprocessed folder "
+            "(python -m cxrkit preprocess RAW_DIR DATA_DIR)"
+        )
+    return data / "train", load_meta(meta_path)
+
+
+def train_from_folder(
+    data_dir: str | os.PathLike,
+    annotations_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    max_minutes: float | None = None,
+    **settings: Any,
+) -> FitResult:
+    """Train a detector on a preprocessed folder: what ``python -m cxrkit train`` runs.
+
+    ``data_dir`` is the output of :func:`cxrkit.preprocess.preprocess_dicoms`
+    (``train/*.png`` and ``train_meta.csv``); ``annotations_csv`` is the raw
+    ``train.csv`` (fused here with :func:`cxrkit.annotations.fuse_boxes` when an
+    image has several radiologists) or a fused table, in original pixels. The
+    images are split into train/valid (stratified, ``valid_fraction``), and
+    :func:`cxrkit.fit.fit` writes ``last.pt``, ``best.pt`` and ``history.csv`` into
+    ``out_dir``, beside ``split.csv`` (which images validate).
+
+    The settings are a :class:`TrainConfig` (``config``), changed by keyword
+    (``settings``: ``model_name=``, ``epochs=``, ``lr=``, ``size=``...). ``resume=True``
+    continues ``out_dir/last.pt`` and raises :class:`ResumeError` if the settings or
+    the split differ from the run's. ``max_minutes`` bounds the whole run.
+
+    Under ``torchrun`` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel:
+    each process sees a different shard of the images (``DistributedSampler``),
+    rank 0 alone validates and writes files.
+    """
+    t_start = time.monotonic()
+    cfg = replace(config or TrainConfig(), **settings).resolved()
+    info = setup_distributed()
+    try:
+        device = try_gpu(info.local_rank)
+        seed_everything(cfg.seed)
+        data = Path(data_dir)
+        image_dir, meta = _read_folder(data)
+        table = _read_training_table(annotations_csv, meta)
+        split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+        _keep_split(Path(out_dir) / "split.csv", *split, resume, info.is_main)
+        train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
+        model = _build_for_training(cfg, device, info)
+        if info.is_main:
+            print(
+                f"training {cfg.model_name} on {len(train_loader.dataset)} images, validating on "
+                f"{len(valid_loader.dataset)} ({cfg.size} px, batch {cfg.batch_size}, lr {cfg.lr}, "
+                f"device {device}{f', {info.world_size} processes' if info.enabled else ''})"
+            )
+        optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma)
+        run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
+        budget = None
+        if max_minutes is not None:
+            budget = max_minutes - (time.monotonic() - t_start) / 60
+        return fit(
+            model, train_loader, valid_loader, out_dir, cfg.epochs, device, optimizer, scheduler,
+            resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
+            max_grad_norm=cfg.max_grad_norm, max_minutes=budget,
+            config={**asdict(cfg), **run, "world_size": info.world_size},
+        )  # fmt: skip
+    finally:
+        cleanup_distributed(info)
+
+
+def checkpoint_size(ckpt: dict[str, Any]) -> int:
+    """The image side a checkpoint's model was trained at (512 if it does not say)."""
+    config = ckpt.get("config") or {}
+    model_config = ckpt.get("model_config") or {}
+    return int(config.get("size") or ckpt.get("size") or model_config.get("min_size") or 512)
+
+
+def predict_to_submission(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> Path:
+    """Predict ``data_dir/split`` with a checkpoint and write a submission CSV.
+
+    What ``python -m cxrkit predict RUN_DIR/best.pt DATA_DIR --out SUB.csv`` runs.
+    The model is rebuilt from the checkpoint (:func:`cxrkit.checkpoints.model_from_checkpoint`),
+    images are resized to the training size, boxes mapped back to original pixels
+    with ``data_dir/{split}_meta.csv``, and every image gets its findings plus a
+    ``14 p 0 0 1 1`` No finding entry (:func:`cxrkit.submission.prediction_strings`).
+    """
+    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing or corrupt
+    model = model_from_checkpoint(checkpoint)
+    size = checkpoint_size(ckpt)
+    data = Path(data_dir)
+    meta_path = data / f"{split}_meta.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
+        )
+    meta = load_meta(meta_path)
+    dataset = TestDataset(
+        data / split, ids=list(meta["image_id"].astype(str)), transforms=test_transforms(size)
+    )
+    device = try_gpu()
+    model.to(device)
+    preds = predict(
+        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
+    )
+    submission = prediction_strings(preds, dataset.image_ids, meta=meta)
+    return write_submission(submission, out_csv, image_ids=dataset.image_ids, meta=meta)

@@ -1,0 +1,138 @@
+"""fit: exact resume, and a resume refuses other settings (one saved config dict)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from cxrkit.fit import ResumeError, fit, make_optimizer, make_scheduler
+from cxrkit.models import build_model
+from cxrkit.train import TrainConfig, train_from_folder
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def fused(sample_data, preprocessed):
+    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+
+    meta = load_meta(preprocessed / "train_meta.csv")
+    return fuse_boxes(load_annotations(sample_data / "train.csv"), meta)
+
+
+def _loaders(fused, preprocessed, size=128, batch_size=4, seed=0):
+    from cxrkit.data import XrayDataset, collate_fn, split
+    from cxrkit.transforms import train_transforms, valid_transforms
+
+    train_ids, valid_ids = split(fused, valid_fraction=0.25, seed=seed)
+    ids = fused["image_id"]
+    train_ds = XrayDataset(
+        fused[ids.isin(train_ids)], preprocessed / "train", train_transforms(size, seed=seed)
+    )
+    valid_ds = XrayDataset(
+        fused[ids.isin(valid_ids)], preprocessed / "train", valid_transforms(size)
+    )
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_ds, batch_size, shuffle=True, collate_fn=collate_fn, generator=g)
+    valid = DataLoader(valid_ds, batch_size, shuffle=False, collate_fn=collate_fn)
+    return train, valid
+
+
+def _small_model(size=128):
+    torch.manual_seed(0)
+    return build_model("cxr_small", min_size=size, max_size=size)
+
+
+def _fit(model, train, valid, out, epochs, *, lr=0.01, schedule="step", step_size=3, **kw):
+    optimizer = make_optimizer(model, lr=lr)
+    scheduler = make_scheduler(optimizer, schedule, epochs, step_size=step_size)
+    return fit(model, train, valid, out, epochs, CPU, optimizer, scheduler, **kw)
+
+
+def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
+    """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
+    kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
+    train, valid = _loaders(fused, preprocessed)
+    straight = _small_model()
+    result = _fit(straight, train, valid, tmp_path / "a", 2, **kw)
+    assert result.epochs_done == 2
+
+    train, valid = _loaders(fused, preprocessed)
+    _fit(_small_model(), train, valid, tmp_path / "b", 1, **kw)  # "interrupted"
+    torch.manual_seed(123)  # the resumed process starts from other random numbers
+    train, valid = _loaders(fused, preprocessed)
+    resumed = build_model("cxr_small", min_size=128, max_size=128)
+    again = _fit(resumed, train, valid, tmp_path / "b", 2, resume=True, **kw)
+    assert again.epochs_done == 2
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+    history = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert {"loss", "lr", "val_map", "seconds", "loss_classifier"} <= set(history.columns)
+    best = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
+
+
+def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
+    """The saved optimizer/scheduler would silently override a new rate or schedule."""
+    kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
+    train, _ = _loaders(fused, preprocessed, size=64)
+    _fit(_small_model(64), train, None, tmp_path, 1, **kw)
+
+    def resume(epochs, **changes):
+        return _fit(_small_model(64), train, None, tmp_path, epochs, resume=True,
+                    **{**kw, **changes})  # fmt: skip
+
+    with pytest.raises(ResumeError, match="planned for 1 epochs .* would rise again"):
+        resume(3)
+    with pytest.raises(ResumeError, match="schedule: the run used 'cosine'"):
+        resume(1, schedule="step")
+    with pytest.raises(ResumeError, match="lr: the run used 0.01, this call asks for 0.02"):
+        resume(1, lr=0.02)
+    with pytest.raises(ResumeError, match="seed: the run used 3"):
+        resume(1, seed=4)
+    with pytest.raises(ResumeError, match="warmup_iters: the run used 0, this call asks for 5"):
+        resume(1, warmup_iters=5)
+    assert resume(1).epochs_done == 1  # same settings: nothing left to do, no error
+
+
+def test_train_config_is_saved_and_a_resume_names_each_changed_field(
+    sample_data, preprocessed, tmp_path
+):
+    cfg = TrainConfig(epochs=1, size=64, batch_size=4, seed=1)
+    run = tmp_path / "run"
+    train_from_folder(preprocessed, sample_data / "train.csv", run, cfg)
+    saved = torch.load(run / "last.pt", weights_only=True)["config"]
+    assert asdict(cfg.resolved()).items() <= saved.items()  # every field, defaults resolved
+    assert saved["lr"] == 0.02 and saved["schedule"] == "cosine"  # cxr_small's defaults
+    assert saved["world_size"] == 1 and saved["data_dir"] == str(preprocessed)
+
+    with pytest.raises(ResumeError) as info:
+        train_from_folder(
+            preprocessed, sample_data / "train.csv", run, cfg, resume=True,
+            batch_size=2, momentum=0.5,
+        )  # fmt: skip
+    msg = str(info.value)
+    assert "batch_size: the run used 4, this call asks for 2" in msg
+    assert "momentum: the run used 0.9, this call asks for 0.5" in msg
+    # settings that may change: the epochs of a step schedule, the worker count, paths
+    with pytest.raises(ResumeError, match="epochs: the cosine schedule was planned for 1"):
+        train_from_folder(preprocessed, sample_data / "train.csv", run, cfg, resume=True, epochs=2)
+    again = train_from_folder(
+        preprocessed, sample_data / "train.csv", run, cfg, resume=True, num_workers=0
+    )
+    assert again.epochs_done == 1
+
+
+def test_train_config_defaults_per_model():
+    small = TrainConfig().resolved()
+    assert (small.size, small.lr, small.schedule, small.warmup_iters) == (256, 0.02, "cosine", 50)
+    seed = TrainConfig(model_name="fasterrcnn_resnet50_fpn", lr=0.01).resolved()
+    assert (seed.size, seed.lr, seed.schedule, seed.max_grad_norm) == (512, 0.01, "step", None)
+    assert TrainConfig(size=0).resolved().size == 256  # --size 0 meant the default
