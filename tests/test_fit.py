@@ -54,6 +54,7 @@ def _fit(model, train, valid, out, epochs, *, lr=0.01, schedule="step", step_siz
     return fit(model, train, valid, out, epochs, CPU, optimizer, scheduler, **kw)
 
 
+@pytest.mark.slow
 def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
     kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
@@ -79,6 +80,7 @@ def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     assert best["epoch"] == int(history["val_map"].idxmax()) + 1  # best by validation mAP
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
     """The saved optimizer/scheduler would silently override a new rate or schedule."""
     kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
@@ -102,6 +104,7 @@ def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
     assert resume(1).epochs_done == 1  # same settings: nothing left to do, no error
 
 
+@pytest.mark.slow
 def test_train_config_is_saved_and_a_resume_names_each_changed_field(
     sample_data, preprocessed, tmp_path
 ):
