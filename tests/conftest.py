@@ -52,3 +52,12 @@ def src(tmp_path) -> Path:
     for i in range(2):
         write_dicom(root / "test" / f"te{i}.dicom", 180 + i, 150, seed=10 + i)
     return root
+
+
+@pytest.fixture(scope="module")
+def fused(sample_data, preprocessed):
+    """The small sample's train.csv fused per image (one truth set), original pixels."""
+    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+
+    meta = load_meta(preprocessed / "train_meta.csv")
+    return fuse_boxes(load_annotations(sample_data / "train.csv"), meta)

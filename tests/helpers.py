@@ -162,3 +162,35 @@ def output_files(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and STATE_DIR not in p.parts
     }
+
+
+def loaders(fused, preprocessed, size=128, batch_size=4, seed=0):
+    """Seeded train/valid DataLoaders over the small sample (a quarter validates)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cxrkit.data import XrayDataset, collate_fn, split
+    from cxrkit.transforms import train_transforms, valid_transforms
+
+    train_ids, valid_ids = split(fused, valid_fraction=0.25, seed=seed)
+    ids = fused["image_id"]
+    train_ds = XrayDataset(
+        fused[ids.isin(train_ids)], preprocessed / "train", train_transforms(size, seed=seed)
+    )
+    valid_ds = XrayDataset(
+        fused[ids.isin(valid_ids)], preprocessed / "train", valid_transforms(size)
+    )
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_ds, batch_size, shuffle=True, collate_fn=collate_fn, generator=g)
+    valid = DataLoader(valid_ds, batch_size, shuffle=False, collate_fn=collate_fn)
+    return train, valid
+
+
+def small_model(size=128):
+    """A cxr_small detector with fixed initial weights."""
+    import torch
+
+    from cxrkit.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("cxr_small", min_size=size, max_size=size)

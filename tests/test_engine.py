@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import loaders
 from torch import nn
-from torch.utils.data import DataLoader
 
 from cxrkit.checkpoints import CheckpointError
 from cxrkit.engine import Averager, evaluate, predict, predictions_to_frame, train_one_epoch
@@ -58,38 +58,6 @@ class _Oracle(nn.Module):
             n = len(t["boxes"])
             outs.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(n)})
         return outs
-
-
-@pytest.fixture(scope="module")
-def fused(sample_data, preprocessed):
-    """The small sample's train.csv fused per image (one truth set), original pixels."""
-    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
-
-    meta = load_meta(preprocessed / "train_meta.csv")
-    return fuse_boxes(load_annotations(sample_data / "train.csv"), meta)
-
-
-def _loaders(fused, preprocessed, size=128, batch_size=4, seed=0):
-    from cxrkit.data import XrayDataset, collate_fn, split
-    from cxrkit.transforms import train_transforms, valid_transforms
-
-    train_ids, valid_ids = split(fused, valid_fraction=0.25, seed=seed)
-    ids = fused["image_id"]
-    train_ds = XrayDataset(
-        fused[ids.isin(train_ids)], preprocessed / "train", train_transforms(size, seed=seed)
-    )
-    valid_ds = XrayDataset(
-        fused[ids.isin(valid_ids)], preprocessed / "train", valid_transforms(size)
-    )
-    g = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_ds, batch_size, shuffle=True, collate_fn=collate_fn, generator=g)
-    valid = DataLoader(valid_ds, batch_size, shuffle=False, collate_fn=collate_fn)
-    return train, valid
-
-
-def _small_model(size=128):
-    torch.manual_seed(0)
-    return build_model("cxr_small", min_size=size, max_size=size)
 
 
 # -------------------------------------------------------------------------- tests
@@ -160,7 +128,7 @@ def test_flip_tta_maps_flipped_boxes_back():
 
 def test_evaluate_scores_a_perfect_model_at_one(fused, preprocessed):
     """Boxes go PNG -> original pixels correctly (non-square originals) and No finding counts."""
-    _, valid = _loaders(fused, preprocessed, size=160)
+    _, valid = loaders(fused, preprocessed, size=160)
     result = evaluate(_Oracle(valid.dataset), valid, CPU, fused, preprocessed / "train_meta.csv")
     assert result["map"] > 0.99, result["ap"]
     assert 14 in result["ap"] or not (fused["class_id"] == 14).any()

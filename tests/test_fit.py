@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers import loaders, small_model
 
 from cxrkit.fit import ResumeError, fit, make_optimizer, make_scheduler
 from cxrkit.models import build_model
@@ -15,37 +15,6 @@ from cxrkit.train import TrainConfig, train_from_folder
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def fused(sample_data, preprocessed):
-    from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
-
-    meta = load_meta(preprocessed / "train_meta.csv")
-    return fuse_boxes(load_annotations(sample_data / "train.csv"), meta)
-
-
-def _loaders(fused, preprocessed, size=128, batch_size=4, seed=0):
-    from cxrkit.data import XrayDataset, collate_fn, split
-    from cxrkit.transforms import train_transforms, valid_transforms
-
-    train_ids, valid_ids = split(fused, valid_fraction=0.25, seed=seed)
-    ids = fused["image_id"]
-    train_ds = XrayDataset(
-        fused[ids.isin(train_ids)], preprocessed / "train", train_transforms(size, seed=seed)
-    )
-    valid_ds = XrayDataset(
-        fused[ids.isin(valid_ids)], preprocessed / "train", valid_transforms(size)
-    )
-    g = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_ds, batch_size, shuffle=True, collate_fn=collate_fn, generator=g)
-    valid = DataLoader(valid_ds, batch_size, shuffle=False, collate_fn=collate_fn)
-    return train, valid
-
-
-def _small_model(size=128):
-    torch.manual_seed(0)
-    return build_model("cxr_small", min_size=size, max_size=size)
 
 
 def _fit(model, train, valid, out, epochs, *, lr=0.01, schedule="step", step_size=3, **kw):
@@ -58,15 +27,15 @@ def _fit(model, train, valid, out, epochs, *, lr=0.01, schedule="step", step_siz
 def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
     """Interrupt after epoch 1, resume: bit-identical to an uninterrupted 2-epoch run."""
     kw = {"lr": 0.01, "warmup_iters": 2, "step_size": 1, "seed": 3}
-    train, valid = _loaders(fused, preprocessed)
-    straight = _small_model()
+    train, valid = loaders(fused, preprocessed)
+    straight = small_model()
     result = _fit(straight, train, valid, tmp_path / "a", 2, **kw)
     assert result.epochs_done == 2
 
-    train, valid = _loaders(fused, preprocessed)
-    _fit(_small_model(), train, valid, tmp_path / "b", 1, **kw)  # "interrupted"
+    train, valid = loaders(fused, preprocessed)
+    _fit(small_model(), train, valid, tmp_path / "b", 1, **kw)  # "interrupted"
     torch.manual_seed(123)  # the resumed process starts from other random numbers
-    train, valid = _loaders(fused, preprocessed)
+    train, valid = loaders(fused, preprocessed)
     resumed = build_model("cxr_small", min_size=128, max_size=128)
     again = _fit(resumed, train, valid, tmp_path / "b", 2, resume=True, **kw)
     assert again.epochs_done == 2
@@ -84,11 +53,11 @@ def test_fit_resume_gives_the_same_weights(fused, preprocessed, tmp_path):
 def test_resume_refuses_other_settings(fused, preprocessed, tmp_path):
     """The saved optimizer/scheduler would silently override a new rate or schedule."""
     kw = {"lr": 0.01, "seed": 3, "schedule": "cosine"}
-    train, _ = _loaders(fused, preprocessed, size=64)
-    _fit(_small_model(64), train, None, tmp_path, 1, **kw)
+    train, _ = loaders(fused, preprocessed, size=64)
+    _fit(small_model(64), train, None, tmp_path, 1, **kw)
 
     def resume(epochs, **changes):
-        return _fit(_small_model(64), train, None, tmp_path, epochs, resume=True,
+        return _fit(small_model(64), train, None, tmp_path, epochs, resume=True,
                     **{**kw, **changes})  # fmt: skip
 
     with pytest.raises(ResumeError, match="planned for 1 epochs .* would rise again"):
