@@ -404,7 +404,7 @@ def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
         if any((folder / sub).is_dir() for sub in ("train", "test")):
             hint = " (did you mean its train/ or test/ sub-folder?)"
         raise AnnotationError(f"no .dicom or .dcm files in {folder}{hint}")
-    from cxrkit.preprocess import shared_id_problem
+    from cxrkit.dicom import shared_id_problem
 
     problem = shared_id_problem(folder, files)
     if problem:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -739,3 +740,38 @@ def dicom_shape(path: PathLike) -> tuple[int, int]:
     if rows in (None, "") or cols in (None, ""):
         raise DicomReadError(path, "no Rows/Columns in the header: not an image")
     return int(rows), int(cols)
+
+
+# --------------------------------------------------------------------------- folders of DICOMs
+
+DICOM_SUFFIXES = (".dicom", ".dcm")
+
+
+def list_dicoms(folder: Path) -> list[Path]:
+    """``*.dicom`` / ``*.dcm`` files of a folder, sorted by name (hidden files skipped)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in DICOM_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def shared_id_problem(folder: Path, files: Iterable[Path]) -> str | None:
+    """Why ``files`` of ``folder`` cannot all be images (two give one id), or None.
+
+    The image id is the file name without its extension, so ``x.dicom`` and
+    ``x.dcm`` are both image ``x``: converting both would write one PNG twice and
+    list ``x`` twice in the meta table. Neither can be chosen for the user.
+    """
+    by_id: dict[str, list[str]] = {}
+    for path in files:
+        by_id.setdefault(Path(path).stem, []).append(Path(path).name)
+    shared = [sorted(names) for names in by_id.values() if len(names) > 1]
+    if not shared:
+        return None
+    shown = "; ".join(" and ".join(names) for names in sorted(shared)[:5])
+    more = f"; ... and {len(shared) - 5} more" if len(shared) > 5 else ""
+    return (
+        f"{folder}: {len(shared)} image id(s) have more than one file ({shown}{more}); "
+        "the image id is the file name without its extension: keep one file per image"
+    )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrkit.annotations import TRAIN_COLUMNS  # the competition's train.csv columns
+from cxrkit.formats import TRAIN_COLUMNS  # the competition's train.csv columns
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID
 from cxrkit.sample.findings import Box
 from cxrkit.sample.layout import TEST_TRUTH_RAD_ID
