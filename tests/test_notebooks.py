@@ -184,7 +184,8 @@ def test_training_digits_are_never_compared(path: Path):
 )
 def test_training_cells_check_themselves(path: Path):
     """Every notebook that trains states the model's validation mAP band in the cell."""
-    checks = [s for _, s in code_cells(path) if 'check_range("best validation mAP@0.4"' in s]
+    call = re.compile(r'check_range\(\s*"best validation mAP@0.4"')
+    checks = [s for _, s in code_cells(path) if call.search(s)]
     assert checks, f"{path.name} trains the notebook model but never checks its validation mAP"
 
 
