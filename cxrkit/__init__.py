@@ -47,7 +47,7 @@ _API: dict[str, str] = {
     "validate_annotations": "annotations",
     "AnnotationError": "annotations",
     "load_meta": "annotations",
-    "meta_from_dicoms": "annotations",
+    "meta_from_dicoms": "preprocess",
     "fuse_boxes": "annotations",
     "rescale_boxes": "annotations",
     "boxes_to_resized": "annotations",
