@@ -1,8 +1,8 @@
 """cxrkit: chest X-ray abnormality detection (VinBigData / VinDr-CXR), for learning.
 
-The public API is listed in :data:`__all__` and in the README. Names load lazily,
-so ``import cxrkit`` and ``python -m cxrkit sample`` stay fast and only pull in
-torch when a model-related name is first used.
+The public API (:data:`__all__`, also in the README) is what notebooks 01-06 teach.
+Names load lazily, so ``import cxrkit`` stays fast and only pulls in torch when a
+model-related name is first used.
 
 >>> import cxrkit
 >>> cxrkit.CLASS_NAMES[14]
@@ -14,9 +14,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (one module per concept, see GUIDE.md)
+# public name -> module that defines it (one module per concept); every error class
+# derives from CxrkitError and stays importable from cxrkit.errors and its module
 _API: dict[str, str] = {
-    "CxrkitError": "errors",  # base of every error below
+    "CxrkitError": "errors",  # base of every cxrkit error
     # labels
     "CLASS_NAMES": "labels",
     "NO_FINDING_ID": "labels",
@@ -30,7 +31,6 @@ _API: dict[str, str] = {
     "find_data": "paths",
     "sample_dir": "paths",
     "work_dir": "paths",
-    "DataNotFoundError": "paths",
     "generate_sample": "sample",
     "seed_everything": "utils",
     "try_gpu": "utils",
@@ -38,21 +38,18 @@ _API: dict[str, str] = {
     "check_range": "utils",
     # DICOM
     "read_xray": "dicom",
-    "read_xray_reference": "dicom",
     "read_header": "dicom",
     "dicom_shape": "dicom",
-    "DicomReadError": "dicom",
     # annotations
     "load_annotations": "annotations",
     "validate_annotations": "annotations",
-    "AnnotationError": "annotations",
     "load_meta": "annotations",
-    "meta_from_dicoms": "annotations",
     "fuse_boxes": "annotations",
     "rescale_boxes": "annotations",
     "boxes_to_resized": "annotations",
     "boxes_to_original": "annotations",
     # preprocessing, dataset, transforms
+    "meta_from_dicoms": "preprocess",
     "preprocess_dicoms": "preprocess",
     "ensure_preprocessed": "preprocess",
     "XrayDataset": "data",
@@ -68,8 +65,6 @@ _API: dict[str, str] = {
     "load_checkpoint": "checkpoints",
     "save_checkpoint": "checkpoints",
     "model_from_checkpoint": "checkpoints",
-    "CheckpointError": "checkpoints",
-    "WeightsError": "models",
     "Averager": "engine",
     "train_one_epoch": "engine",
     "evaluate": "engine",
@@ -77,8 +72,6 @@ _API: dict[str, str] = {
     "fit": "fit",
     "make_optimizer": "fit",
     "make_scheduler": "fit",
-    "ResumeError": "fit",
-    "NonFiniteLossError": "engine",
     "TrainConfig": "train",
     "train_from_folder": "train",
     "predict_to_submission": "train",
@@ -91,7 +84,15 @@ _API: dict[str, str] = {
     "prediction_strings": "submission",
     "validate_submission": "submission",
     "write_submission": "submission",
-    "SubmissionError": "submission",
+    # plots
+    "show_image": "plotting",
+    "draw_boxes": "plotting",
+    "plot_class_counts": "plotting",
+    "plot_box_stats": "plotting",
+    "plot_history": "plotting",
+    "plot_pr_curves": "plotting",
+    "show_truth_vs_prediction": "plotting",
+    "save_figure": "plotting",
 }
 
 __all__ = sorted(_API)

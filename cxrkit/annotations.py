@@ -1,24 +1,8 @@
-"""Read, check, fuse and rescale the VinBigData box annotations.
+"""Read, check, fuse and rescale the VinBigData box annotations (pure pandas/numpy).
 
-``train.csv`` has one row per (radiologist, box): every training image was read
-by three radiologists (ids ``R1``..``R17``), each drawing boxes for the 14
-findings (``class_id`` 0-13) or writing a single "No finding" row (``class_id``
-14, empty box). This module
-
-* **validates** the table and names the file, the line and the image of any bad
-  row (a typo found here costs a minute; found inside a training loop, an hour);
-* **fuses** the radiologists' boxes into one consensus box per finding with
-  Weighted Boxes Fusion (:func:`fuse_boxes`), the layout of the public "VinBigData
-  WBF" / "vinbigdata-512-image-dataset" tables;
-* **converts** boxes between the two coordinate spaces of the project
-  (:func:`boxes_to_resized`, :func:`boxes_to_original`): *original* DICOM pixels
-  (``dim0`` rows = height, ``dim1`` columns = width, from the meta table) and
-  *resized* PNG pixels;
-* **summarises** the labels for exploration (:func:`summarize`,
-  :func:`radiologist_agreement`, :func:`image_class_sets`).
-
-Line numbers in error messages follow the CSV file: the header is line 1, so the
-first data row is line 2 (what a text editor shows).
+Notebook 01 teaches loading, checking and fusing ``train.csv`` (one row per
+radiologist and box); notebook 02 the two pixel spaces (original DICOM and
+resized PNG). Error messages name CSV lines, counting the header as line 1.
 """
 
 from __future__ import annotations
@@ -26,15 +10,16 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrkit._progress import tqdm
 from cxrkit.errors import AnnotationError
 from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
-from cxrkit.metrics import elementwise_iou
 
 __all__ = [
     "AnnotationError",
@@ -45,15 +30,12 @@ __all__ = [
     "validate_annotations",
     "load_meta",
     "validate_meta",
-    "meta_from_dicoms",
     "fuse_boxes",
     "check_boxes_inside",
     "rescale_boxes",
     "boxes_to_resized",
     "boxes_to_original",
     "image_class_sets",
-    "summarize",
-    "radiologist_agreement",
     "sizes_of",
 ]
 
@@ -166,53 +148,56 @@ def validate_annotations(df: pd.DataFrame, source: str = "train.csv") -> pd.Data
     return _validate_with_lines(df, source)[0]
 
 
-def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """:func:`validate_annotations`, plus the CSV line of each row it returns."""
-    _check_columns(df, TRAIN_COLUMNS, source)
-    df = df.reset_index(drop=True)
-    n = len(df)
-    problems: list[tuple[int, str, str]] = []
-    total = 0
+class _Problems:
+    """Bad rows found so far: the first few messages of each kind, and how many in all."""
 
-    id_blank = _blank(df["image_id"])
-    image_ids = df["image_id"].astype(object).where(~id_blank, "").astype(str).str.strip()
-    ids_np = image_ids.to_numpy()
+    def __init__(self, image_ids: np.ndarray) -> None:
+        self.image_ids = image_ids
+        self.listed: list[tuple[int, str, str]] = []
+        self.total = 0
 
-    def report(mask: np.ndarray, make_msg: Callable[[int], str]) -> None:
+    def report(self, mask: np.ndarray, make_msg: Callable[[int], str]) -> None:
         # format only the first few messages of each kind: a broken file can have 60k bad rows
-        nonlocal total
-        total += int(mask.sum())
+        self.total += int(mask.sum())
         for pos in np.flatnonzero(mask)[:_MAX_LISTED]:
-            problems.append((int(pos), ids_np[pos], make_msg(int(pos))))
+            self.listed.append((int(pos), self.image_ids[pos], make_msg(int(pos))))
 
-    report(id_blank, lambda p: "image_id is empty")
 
+def _check_classes(df: pd.DataFrame, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
+    """``class_id`` as int64 (-1 where unusable) and where it is a known class."""
     # class_id: integer 0..14
     raw_cls = df["class_id"]
     cls_blank = _blank(raw_cls)
     cls_num = pd.to_numeric(raw_cls.where(~cls_blank), errors="coerce").to_numpy(dtype=float)
     cls_bad_type = ~cls_blank & (~np.isfinite(cls_num) | (cls_num != np.round(cls_num)))
-    report(cls_blank, lambda p: "class_id is empty")
-    report(cls_bad_type, lambda p: f"class_id {_show(raw_cls.iloc[p])} is not an integer")
+    problems.report(cls_blank, lambda p: "class_id is empty")
+    problems.report(cls_bad_type, lambda p: f"class_id {_show(raw_cls.iloc[p])} is not an integer")
     cls_ok = ~cls_blank & ~cls_bad_type
     cls_int = np.where(cls_ok, np.nan_to_num(cls_num), -1).astype(np.int64)
     unknown = cls_ok & ((cls_int < 0) | (cls_int >= NUM_CLASSES))
-    report(unknown, lambda p: f"unknown class_id {cls_int[p]} (expected 0-{NUM_CLASSES - 1})")
+    problems.report(
+        unknown, lambda p: f"unknown class_id {cls_int[p]} (expected 0-{NUM_CLASSES - 1})"
+    )
     cls_ok &= ~unknown
 
     # class_name must be the name of class_id
     names = df["class_name"].astype(object).to_numpy()
     expected = np.array(CLASS_NAMES, dtype=object)[np.where(cls_ok, cls_int, 0)]
-    name_bad = cls_ok & (names != expected)
-    report(
-        name_bad,
+    problems.report(
+        cls_ok & (names != expected),
         lambda p: (
             f"class_name {names[p]!r} does not match class_id {cls_int[p]} "
             f"(which is {CLASS_NAMES[cls_int[p]]!r})"
         ),
     )
+    return cls_int, cls_ok
 
-    # coordinates: numeric, present exactly for findings, ordered, non-negative
+
+def _check_numbers(
+    df: pd.DataFrame, problems: _Problems
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates as float64 (NaN where blank or bad), where filled, and rows with a bad one."""
+    n = len(df)
     coords = np.empty((n, 4), dtype=np.float64)
     present = np.zeros((n, 4), dtype=bool)
     any_bad_number = np.zeros(n, dtype=bool)
@@ -221,44 +206,58 @@ def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, n
         blank = _blank(raw)
         num = pd.to_numeric(raw.where(~blank), errors="coerce").to_numpy(dtype=float)
         bad = ~blank & ~np.isfinite(num)
-        report(
+        problems.report(
             bad, lambda p, col=col, raw=raw: f"{col} {_show(raw.iloc[p])} is not a finite number"
         )
         coords[:, k] = np.where(bad, np.nan, num)
         present[:, k] = ~blank & ~bad
         any_bad_number |= bad
+    return coords, present, any_bad_number
 
+
+def _check_boxes(
+    cls_int: np.ndarray,
+    cls_ok: np.ndarray,
+    coords: np.ndarray,
+    present: np.ndarray,
+    any_bad_number: np.ndarray,
+    problems: _Problems,
+) -> None:
+    """A box on every finding, none on "No finding"; ordered, non-negative corners."""
     finding = cls_ok & (cls_int != NO_FINDING_ID)
     no_finding = cls_ok & (cls_int == NO_FINDING_ID)
-    report(
+    problems.report(
         finding & ~present.all(axis=1) & ~any_bad_number,
         lambda p: (
             f"finding {cls_int[p]} ({CLASS_NAMES[cls_int[p]]}) has no box: "
             "x_min, y_min, x_max, y_max must all be filled"
         ),
     )
-    report(
+    problems.report(
         no_finding & present.any(axis=1),
         lambda p: "a 'No finding' row (class_id 14) has a box; its x_min..y_max must be empty",
     )
     full = finding & present.all(axis=1)
     with np.errstate(invalid="ignore"):
         negative = full & (coords < 0).any(axis=1)
-        report(
+        problems.report(
             negative,
             lambda p: f"negative coordinate in box {coords[p].tolist()} (pixels start at 0)",
         )
-        report(
+        problems.report(
             full & (coords[:, 2] <= coords[:, 0]),
             lambda p: f"x_max {coords[p, 2]:g} <= x_min {coords[p, 0]:g} (box has no width)",
         )
-        report(
+        problems.report(
             full & (coords[:, 3] <= coords[:, 1]),
             lambda p: f"y_max {coords[p, 3]:g} <= y_min {coords[p, 1]:g} (box has no height)",
         )
 
-    _raise_problems(source, problems, total)
 
+def _clean_table(
+    df: pd.DataFrame, image_ids: pd.Series, cls_int: np.ndarray, coords: np.ndarray
+) -> pd.DataFrame:
+    """The checked table with clean dtypes, :data:`TRAIN_COLUMNS` first."""
     out = df.copy()
     out["image_id"] = image_ids.astype(str)
     out["class_name"] = out["class_name"].astype(str)
@@ -267,8 +266,25 @@ def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, n
     for k, col in enumerate(BOX_COLUMNS):
         out[col] = coords[:, k]
     extras = [c for c in out.columns if c not in TRAIN_COLUMNS]
-    out = out[TRAIN_COLUMNS + extras]
-    lines = np.arange(n) + 2  # CSV lines: the header is line 1
+    return out[TRAIN_COLUMNS + extras]
+
+
+def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`validate_annotations`, plus the CSV line of each row it returns."""
+    _check_columns(df, TRAIN_COLUMNS, source)
+    df = df.reset_index(drop=True)
+    id_blank = _blank(df["image_id"])
+    image_ids = df["image_id"].astype(object).where(~id_blank, "").astype(str).str.strip()
+    problems = _Problems(image_ids.to_numpy())
+    problems.report(id_blank, lambda p: "image_id is empty")
+    cls_int, cls_ok = _check_classes(df, problems)
+    coords, present, any_bad_number = _check_numbers(df, problems)
+    _check_boxes(cls_int, cls_ok, coords, present, any_bad_number, problems)
+    _raise_problems(source, problems.listed, problems.total)
+
+    out = _clean_table(df, image_ids, cls_int, coords)
+    lines = np.arange(len(df)) + 2  # CSV lines: the header is line 1
+    # called from here, so that its warning's stacklevel points at the user's call
     return _drop_exact_duplicates(out, lines, source)
 
 
@@ -362,72 +378,6 @@ def load_meta(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     """Read and validate a meta CSV (``image_id,dim0,dim1``), e.g. ``train_meta.csv``."""
     df, source = _as_table(path, "meta")
     return validate_meta(df, source=source)
-
-
-def _read_dicom_shape(path: Path) -> tuple[int, int]:
-    """(rows, columns) from a DICOM header, without decoding the pixels."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    if rows is None or cols is None:
-        raise ValueError("no Rows/Columns in the header (not an image?)")
-    return int(rows), int(cols)
-
-
-def _shape_reader() -> Callable[[Path], tuple[int, int]]:
-    """``cxrkit.dicom.dicom_shape`` when available, else the local header reader."""
-    try:
-        from cxrkit.dicom import dicom_shape
-    except ImportError:
-        return _read_dicom_shape
-    return dicom_shape
-
-
-def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
-    """Build the meta table (``image_id,dim0,dim1``) from the headers of a DICOM folder.
-
-    Reads every ``*.dicom`` / ``*.dcm`` file directly in ``dicom_dir`` (not in
-    sub-folders) with ``stop_before_pixels``: only the header is parsed, so this
-    takes seconds even for the 15,000 full-size training images. The image id is
-    the file name without its extension. Unreadable files are collected and
-    reported together in one :class:`AnnotationError`.
-    """
-    from cxrkit._progress import tqdm
-
-    folder = Path(dicom_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"DICOM folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".dicom", ".dcm"))
-    if not files:
-        hint = ""
-        if any((folder / sub).is_dir() for sub in ("train", "test")):
-            hint = " (did you mean its train/ or test/ sub-folder?)"
-        raise AnnotationError(f"no .dicom or .dcm files in {folder}{hint}")
-    from cxrkit.dicom import shared_id_problem
-
-    problem = shared_id_problem(folder, files)
-    if problem:
-        raise AnnotationError(problem)
-
-    read = _shape_reader()
-    records, failed = [], []
-    for path in tqdm(files, desc="reading DICOM headers", unit="file"):
-        try:
-            rows, cols = read(path)
-        except Exception as exc:  # any reader failure is reported with its file
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            failed.append(f"{path.name}: {reason}")
-            continue
-        records.append((path.stem, rows, cols))
-    if failed:
-        listed = "\n  ".join(failed[:10])
-        more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
-        raise AnnotationError(
-            f"{folder}: {len(failed)} unreadable DICOM file(s):\n  {listed}{more}"
-        )
-    meta = pd.DataFrame(records, columns=META_COLUMNS)
-    return validate_meta(meta, source=f"headers of {folder}")
 
 
 # --------------------------------------------------------------------------- fusion
@@ -569,83 +519,119 @@ def fuse_boxes(
         "No finding" row; an image where any radiologist drew a finding keeps only
         its fused finding boxes.
     """
+    # ensemble_boxes pulls in numba (about a second): imported on first use, not with the module
     from ensemble_boxes import weighted_boxes_fusion
 
-    from cxrkit._progress import tqdm
+    _check_wbf_args(iou_thr, conf_type)
+    ann, source, lines = _load_with_lines(annotations)
+    meta = load_meta(meta)
+    is_finding = ann["class_id"].to_numpy() != NO_FINDING_ID
+    boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)  # NaN on No finding rows
 
+    hw, outside = _boxes_outside(ann, meta, "to normalise boxes")
+    if outside.any():
+        is_finding &= ~_clip_or_refuse(source, ann, lines, hw, outside, boxes, clip)
+    scale = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1)  # (w, h, w, h)
+    wbf = partial(
+        weighted_boxes_fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type
+    )
+    return _fuse_images(ann, is_finding, boxes / scale, hw, wbf)
+
+
+def _check_wbf_args(iou_thr: float, conf_type: str) -> None:
+    """Refuse WBF settings that ``ensemble_boxes`` would reject by exiting the process."""
     # ensemble_boxes calls exit() on a bad conf_type: check here and raise instead
     conf_types = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
     if conf_type not in conf_types:
         raise ValueError(f"conf_type must be one of {conf_types}, got {conf_type!r}")
     if not 0.0 <= iou_thr <= 1.0:
         raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
-    ann, source, lines = _load_with_lines(annotations)
-    meta = load_meta(meta)
+
+
+def _clip_or_refuse(
+    source: str,
+    ann: pd.DataFrame,
+    lines: np.ndarray,
+    hw: np.ndarray,
+    outside: np.ndarray,
+    boxes: np.ndarray,
+    clip: bool,
+) -> np.ndarray:
+    """Refuse boxes beyond their image, or (``clip``) clip ``boxes`` in place with a warning.
+
+    Returns the rows whose clipped box has no area left (to be dropped).
+    """
+    pos = np.flatnonzero(outside)
+    if not clip:
+        _refuse_outside(source, ann, lines, hw, outside, " Use clip=True to clip them.")
+    example = _outside_examples(ann, lines, hw, pos)
+    boxes[:, [0, 2]] = np.minimum(boxes[:, [0, 2]], hw[:, [1]])
+    boxes[:, [1, 3]] = np.minimum(boxes[:, [1, 3]], hw[:, [0]])
+    empty = outside & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+    warnings.warn(
+        f"clipped {len(pos)} box(es) to their image ({example}); "
+        f"{int(empty.sum())} of them had no area left and were dropped",
+        stacklevel=3,  # the caller of fuse_boxes
+    )
+    return empty
+
+
+def _fuse_images(
+    ann: pd.DataFrame, is_finding: np.ndarray, norm: np.ndarray, hw: np.ndarray, wbf: Callable
+) -> pd.DataFrame:
+    """Fuse each image's normalised boxes (``norm``) and build the fused table."""
     class_ids = ann["class_id"].to_numpy()
-    is_finding = class_ids != NO_FINDING_ID
-    boxes = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)  # NaN on No finding rows
-
-    hw, outside = _boxes_outside(ann, meta, "to normalise boxes")
-    if outside.any():
-        pos = np.flatnonzero(outside)
-        if not clip:
-            _refuse_outside(source, ann, lines, hw, outside, " Use clip=True to clip them.")
-        example = _outside_examples(ann, lines, hw, pos)
-        boxes[:, [0, 2]] = np.minimum(boxes[:, [0, 2]], hw[:, [1]])
-        boxes[:, [1, 3]] = np.minimum(boxes[:, [1, 3]], hw[:, [0]])
-        empty = outside & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
-        is_finding &= ~empty
-        warnings.warn(
-            f"clipped {len(pos)} box(es) to their image ({example}); "
-            f"{int(empty.sum())} of them had no area left and were dropped",
-            stacklevel=2,
-        )
-    scale = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1)  # (w, h, w, h)
-    norm = boxes / scale
-
     image_codes, image_uniques = pd.factorize(ann["image_id"])
     rad_ids = ann["rad_id"].to_numpy()
     order = np.argsort(image_codes, kind="stable")  # row order kept within an image
     starts = np.searchsorted(image_codes[order], np.arange(len(image_uniques) + 1))
 
     out_ids, out_cls, out_boxes = [], [], []
-
-    def no_finding(image_id: str) -> None:
-        out_ids.append(image_id)
-        out_cls.append(np.array([NO_FINDING_ID]))
-        out_boxes.append(np.full((1, 4), np.nan))
-
     for i, image_id in enumerate(tqdm(image_uniques, desc="fusing boxes (WBF)", unit="img")):
         rows = order[starts[i] : starts[i + 1]]
-        rows_f = rows[is_finding[rows]]
-        if len(rows_f) == 0:
-            no_finding(image_id)
+        fused = _fuse_one_image(rows, is_finding, rad_ids, norm, class_ids, wbf)
+        if fused is None:
+            out_ids.append(image_id)
+            out_cls.append(np.array([NO_FINDING_ID]))
+            out_boxes.append(np.full((1, 4), np.nan))
             continue
-        rad_codes, _ = pd.factorize(rad_ids[rows])  # radiologists in order of appearance
-        boxes_list, scores_list, labels_list = [], [], []
-        for r in range(rad_codes.max() + 1):
-            sel = rows[(rad_codes == r) & is_finding[rows]]
-            boxes_list.append(norm[sel])
-            scores_list.append(np.ones(len(sel)))
-            labels_list.append(class_ids[sel])
-        fused, _scores, labels = weighted_boxes_fusion(
-            boxes_list,
-            scores_list,
-            labels_list,
-            iou_thr=iou_thr,
-            skip_box_thr=skip_box_thr,
-            conf_type=conf_type,
-        )
-        if len(labels) == 0:  # every box skipped (skip_box_thr > 1)
-            no_finding(image_id)
-            continue
-        labels = labels.astype(np.int64)
-        keep = np.argsort(labels, kind="stable")  # by class, WBF order within a class
-        h, w = hw[rows_f[0]]
-        out_ids.append(np.full(len(keep), image_id, dtype=object))
-        out_cls.append(labels[keep])
-        out_boxes.append(fused[keep] * np.array([w, h, w, h]))
+        labels, coords = fused
+        h, w = hw[rows[is_finding[rows]][0]]
+        out_ids.append(np.full(len(labels), image_id, dtype=object))
+        out_cls.append(labels)
+        out_boxes.append(coords * np.array([w, h, w, h]))
+    return _fused_table(out_ids, out_cls, out_boxes)
 
+
+def _fuse_one_image(
+    rows: np.ndarray,
+    is_finding: np.ndarray,
+    rad_ids: np.ndarray,
+    norm: np.ndarray,
+    class_ids: np.ndarray,
+    wbf: Callable,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """WBF over one image's rows, one "model" per radiologist: (labels, boxes) sorted by
+    class, or None when the image has no finding box or WBF skipped every box."""
+    if not is_finding[rows].any():
+        return None
+    rad_codes, _ = pd.factorize(rad_ids[rows])  # radiologists in order of appearance
+    boxes_list, scores_list, labels_list = [], [], []
+    for r in range(rad_codes.max() + 1):
+        sel = rows[(rad_codes == r) & is_finding[rows]]
+        boxes_list.append(norm[sel])
+        scores_list.append(np.ones(len(sel)))
+        labels_list.append(class_ids[sel])
+    fused, _scores, labels = wbf(boxes_list, scores_list, labels_list)
+    if len(labels) == 0:  # every box skipped (skip_box_thr > 1)
+        return None
+    labels = labels.astype(np.int64)
+    keep = np.argsort(labels, kind="stable")  # by class, WBF order within a class
+    return labels[keep], fused[keep]
+
+
+def _fused_table(out_ids: list, out_cls: list, out_boxes: list) -> pd.DataFrame:
+    """The fused rows, collected per image, as a table in :data:`TRAIN_COLUMNS`."""
     cls = np.concatenate(out_cls).astype(np.int64)
     ids = np.concatenate([np.atleast_1d(np.asarray(x, dtype=object)) for x in out_ids])
     coords = np.concatenate(out_boxes).astype(np.float64)
@@ -764,88 +750,3 @@ def image_class_sets(df: pd.DataFrame) -> pd.Series:
     result.index.name = "image_id"
     result.name = "class_ids"
     return result
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-class counts: rows (boxes, or No finding rows), images and radiologists.
-
-    One row per class id 0-14 (classes absent from ``df`` get zeros), with the
-    class name, so notebook 01 can print how imbalanced the labels are.
-    """
-    cls = df["class_id"].astype(np.int64)
-    groups = df.groupby(cls)
-    table = pd.DataFrame(
-        {
-            "rows": groups.size(),
-            "images": groups["image_id"].nunique(),
-            "radiologists": groups["rad_id"].nunique(),
-        }
-    )
-    table = table.reindex(range(NUM_CLASSES), fill_value=0).astype(np.int64)
-    table.insert(0, "class_name", list(CLASS_NAMES))
-    table.index.name = "class_id"
-    return table
-
-
-def radiologist_agreement(df: pd.DataFrame, iou_thr: float = 0.4) -> pd.DataFrame:
-    """How much the radiologists agree, per finding class (use on the *raw* table).
-
-    Columns:
-
-    * ``boxes``: finding boxes of the class; ``images``: images with such a box.
-    * ``matched``: fraction of boxes that another radiologist confirmed with a
-      box of the same class on the same image at IoU >= ``iou_thr`` (the
-      competition's threshold), i.e. how often a second reader "agrees".
-    * ``mean_best_iou``: mean over boxes of the best IoU with another
-      radiologist's box of the same class and image (0 when there is none).
-    * ``mean_pair_iou``: mean IoU over all pairs of boxes of the class drawn on
-      one image by two different radiologists (NaN when no such pair exists).
-    * ``image_agreement``: among images where at least one radiologist marked
-      the class, the fraction where *every* radiologist of the image marked it.
-
-    Low values (typical for Nodule/Mass, Other lesion, Infiltration) mean noisy
-    labels: a model cannot beat the readers' own agreement by much. All pairs are
-    formed with one self-merge per (image, class), and IoUs computed in numpy.
-    """
-    ann = df[df["class_id"].astype(np.int64) != NO_FINDING_ID]
-    ann = ann.assign(
-        image_id=ann["image_id"].astype(str),
-        class_id=ann["class_id"].astype(np.int64),
-        rad_id=ann["rad_id"].astype(str),
-        box=np.arange(len(ann)),
-    )[["image_id", "class_id", "rad_id", "box", *BOX_COLUMNS]]
-    coords = ann[BOX_COLUMNS].to_numpy(dtype=np.float64, copy=True)
-    pairs = ann[["image_id", "class_id", "rad_id", "box"]].merge(
-        ann[["image_id", "class_id", "rad_id", "box"]],
-        on=["image_id", "class_id"],
-        suffixes=("", "_b"),
-    )
-    pairs = pairs[pairs["rad_id"].to_numpy() != pairs["rad_id_b"].to_numpy()]
-    a_idx, b_idx = pairs["box"].to_numpy(), pairs["box_b"].to_numpy()
-    iou = elementwise_iou(coords[a_idx], coords[b_idx])
-
-    best = np.zeros(len(ann))
-    np.maximum.at(best, a_idx, iou)  # best IoU of each box with any other reader's box
-    per_box = pd.DataFrame({"class_id": ann["class_id"].to_numpy(), "best": best})
-    per_box["matched"] = best >= iou_thr
-    by_class = per_box.groupby("class_id")
-    pair_table = pd.DataFrame({"class_id": pairs["class_id"].to_numpy(), "iou": iou})
-
-    readers = df.assign(image_id=df["image_id"].astype(str)).groupby("image_id")["rad_id"].nunique()
-    marked = ann.groupby(["image_id", "class_id"])["rad_id"].nunique().reset_index(name="n")
-    marked["all"] = marked["n"].to_numpy() >= readers.reindex(marked["image_id"]).to_numpy()
-
-    table = pd.DataFrame(
-        {
-            "boxes": by_class.size(),
-            "images": ann.groupby("class_id")["image_id"].nunique(),
-            "matched": by_class["matched"].mean(),
-            "mean_best_iou": by_class["best"].mean(),
-            "mean_pair_iou": pair_table.groupby("class_id")["iou"].mean(),
-            "image_agreement": marked.groupby("class_id")["all"].mean(),
-        }
-    )
-    table.index = table.index.astype(np.int64)
-    table.index.name = "class_id"
-    table.insert(0, "class_name", [CLASS_NAMES[i] for i in table.index])
-    return table

@@ -16,12 +16,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrkit.errors import CxrkitError
+from cxrkit._atomic import write_csv_atomic
+from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+from cxrkit.errors import CxrkitError, OverwriteError
+from cxrkit.metrics import vinbigdata_map
+from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
+from cxrkit.sample import generate_sample
+from cxrkit.submission import parse_submission, read_submission
+
+# cxrkit.train (and through it torch) is imported inside the commands that train or
+# predict: the other commands, and every bad-input message, stay free of torch.
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from cxrkit.sample import generate_sample
-
     out = generate_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
     print(f"sample written to {out}")
     return 0
@@ -38,10 +45,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from cxrkit._atomic import write_csv_atomic
-    from cxrkit.annotations import fuse_boxes, load_meta, meta_from_dicoms
-    from cxrkit.errors import OverwriteError
-
     for role, given in (("annotation table", args.train_csv), ("meta table", args.meta)):
         if given is not None and _same_file(args.out_csv, given):
             raise OverwriteError(
@@ -59,8 +62,6 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from cxrkit.preprocess import preprocess_dicoms
-
     report = preprocess_dicoms(
         args.src, args.out, size=args.size, workers=args.workers, keep_aspect=args.keep_aspect
     )
@@ -107,10 +108,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxrkit.annotations import load_annotations
-    from cxrkit.metrics import vinbigdata_map
-    from cxrkit.submission import parse_submission, read_submission
-
     submission = read_submission(args.submission_csv)
     truth = load_annotations(args.truth_csv)
     result = vinbigdata_map(parse_submission(submission), truth, iou_thr=args.iou)

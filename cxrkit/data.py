@@ -33,20 +33,17 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cxrkit.annotations import image_class_sets, load_annotations, load_meta, rescale_boxes
 from cxrkit.errors import DatasetError
 from cxrkit.formats import BOX_COLUMNS, TRUTH_COLUMNS, image_sizes
 from cxrkit.labels import NO_FINDING_ID, to_model_labels
 
 
 def _as_annotations(annotations: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
-    from cxrkit.annotations import load_annotations
-
     return load_annotations(annotations)
 
 
 def _as_meta(meta: pd.DataFrame | str | os.PathLike | None, image_dir: Path) -> pd.DataFrame:
-    from cxrkit.annotations import load_meta
-
     if meta is None:
         meta = image_dir.parent / f"{image_dir.name}_meta.csv"
         if not meta.is_file():
@@ -165,8 +162,6 @@ class XrayDataset(Dataset):
         self, image_id: str, height: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Boxes of ``image_id`` in the pixels of a ``height x width`` image, and their class ids."""
-        from cxrkit.annotations import rescale_boxes
-
         boxes = self._boxes.get(image_id, np.zeros((0, 4)))
         class_ids = self._class_ids.get(image_id, np.zeros(0, dtype=np.int64))
         if len(boxes):
@@ -245,6 +240,7 @@ def worker_init_fn(worker_id: int) -> None:
     random state and produces the *same* augmentations. torch gives each worker a
     different seed, derived from ``torch.manual_seed``, so runs stay reproducible.
     """
+    # transforms imports albumentations (heavy, and it may check for updates): on first use
     from cxrkit.transforms import reseed
 
     info = torch.utils.data.get_worker_info()
@@ -259,8 +255,6 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def _image_labels(annotations: pd.DataFrame) -> dict[str, frozenset[int]]:
-    from cxrkit.annotations import image_class_sets
-
     sets = image_class_sets(annotations)
     return {str(k): frozenset(int(c) for c in v) for k, v in sets.items()}
 

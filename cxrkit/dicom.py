@@ -1,49 +1,9 @@
 """Read chest X-ray DICOM files into 8-bit grayscale images.
 
-A DICOM radiograph does not store "brightness": it stores integers (*stored
-values*, often 10-16 bits) plus instructions for turning them into something a
-person can look at. The DICOM standard (PS3.3 C.11, PS3.4 N.2) fixes the order:
-
-1. **Modality LUT** (``RescaleSlope``/``RescaleIntercept``, or a *Modality LUT
-   Sequence*): stored values -> physical units (e.g. Hounsfield units in CT).
-2. **VOI LUT** (a *VOI LUT Sequence*, or a ``WindowCenter``/``WindowWidth``
-   window): which range of those units is interesting ("values of interest");
-   everything outside is clipped. We use the first window when several are given.
-3. **Photometric interpretation**: ``MONOCHROME1`` means *high values are dark*
-   (many CR/DX radiographs), so we invert to get the usual ``MONOCHROME2`` look.
-4. **Scale to 0..255** (min-max over the image), rounded to ``uint8``.
-
-:func:`read_xray_reference` does exactly that in float64 over every pixel: slow
-but obviously right, and the truth the tests check against.
-
-:func:`read_xray` is the fast path used for preprocessing. The trick: steps 1-4
-are a function of the stored value alone (given the image's min and max), and a
-radiograph has at most 2**16 distinct stored values but millions of pixels. So we
-evaluate the float pipeline once per *possible* stored value to build one
-``uint8`` lookup table, then index the table with the image (``cv2.LUT`` for
-8-bit data, a cache-friendly chunked ``np.take`` for 16-bit). For uncompressed
-little-endian files we also skip pydicom's decoder and view the pixel bytes with
-``np.frombuffer``. The result equals the reference within one gray level (float
-rounding at exact .5 boundaries), and the tests check that on every file.
-
-Decisions worth knowing:
-
-* **Colour images** (RGB, YBR, PALETTE COLOR) raise :class:`DicomReadError`: a
-  chest X-ray is grayscale, and silently averaging colour channels would hide a
-  data problem (e.g. a screenshot saved as DICOM).
-* **Multi-frame images**: the first frame is returned, with a :class:`DicomWarning`.
-* **Degenerate windows**: some real files carry a window that clips *every* pixel
-  to one value (e.g. a DX whose stored values sit ~32768 above its window). We
-  then ignore the window (min-max of the modality output) and warn, rather than
-  return a blank image. A truly flat image gives zeros, with a warning.
-* **Files without the DICOM header** (no 128-byte preamble / ``DICM`` marker) are
-  re-read with ``force=True`` and accepted only if that yields an image (``Rows``,
-  ``Columns`` and *Pixel Data*); otherwise they are "not a DICOM file".
-* **Missing decoders**: the error names the package to install. We recommend only
-  permissively licensed decoders: ``pylibjpeg-openjpeg`` (JPEG 2000) and
-  ``python-gdcm`` (JPEG-LS, JPEG Lossless). No pip-installable permissive decoder
-  reads 12-bit JPEG Extended, so for that we suggest converting the file.
-* :func:`read_header` returns technical tags only, never patient tags.
+:func:`read_xray` turns stored values into display brightness (modality LUT,
+VOI window, MONOCHROME1 inversion) and rescales to uint8; :func:`read_header`
+and :func:`dicom_shape` read only the header. :func:`read_xray_reference` is a
+slow, plain re-implementation used as a test oracle. Taught in notebook 02.
 """
 
 from __future__ import annotations

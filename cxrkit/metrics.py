@@ -1,48 +1,8 @@
 """The VinBigData competition metric: PASCAL VOC 2010 mAP at IoU 0.4, 15 classes.
 
-How one number is made from a predictions table and a truth table
--------------------------------------------------------------------
-1. **Truth boxes.** Findings (class 0-13) keep one truth box per row, so with the
-   raw ``train.csv`` each radiologist's box is a separate truth box; with a fused
-   table (``cxrkit.annotations.fuse_boxes``, ``rad_id == "wbf"``) the fused boxes are
-   the truth. "No finding" (class 14) becomes *one* box ``(0, 0, 1, 1)`` per image
-   whose rows are all class 14: the three radiologists' No finding rows collapse into
-   one truth box. Class-14 rows on an image that also has findings are dropped.
-   The Kaggle host scored against the *test* set, whose labels are the consensus of
-   five radiologists (VinDr-CXR paper and README): one set of boxes per image, which
-   is closest to a fused table. Validating against the raw three-reader ``train.csv``
-   gives a lower, noisier number (three truth boxes per finding, two of which a single
-   prediction can never match), so prefer fused truth when you compare with the
-   leaderboard.
-2. **Matching** (per image and class, predictions in descending score order): a
-   prediction takes the truth box it overlaps most; it is a true positive if that IoU
-   is ``>= iou_thr`` and that box was not taken by a higher-scored prediction,
-   otherwise a false positive (duplicates are false positives). Like the VOC devkit,
-   a prediction whose best box is taken does *not* fall back to its second best.
-3. **AP per class**: recall and precision after each prediction (all images pooled,
-   descending score), the precision envelope (running maximum from the right), and
-   the area under it summed over the recall steps ("all-point" AP, VOC 2010+).
-4. **mAP**: mean AP over the classes that have at least one truth box. A class with
-   truth and no predictions scores 0 and counts; a class absent from the truth is
-   left out.
-
-Conventions checked against ZFTurbo's ``map-boxes`` (``mean_average_precision_for_boxes``,
-popular in this competition), which ``tests/test_metrics.py`` uses as the reference:
-
-- IoU on continuous coordinates, ``iw * ih / (area_a + area_b - iw * ih)``, with no
-  "+1 pixel" (the MATLAB VOC devkit adds 1 to widths; on X-rays 2000-3000 px wide
-  that changes IoU by ~0.1 %). A hit is ``IoU >= iou_thr`` as in both the devkit and
-  map-boxes; Kaggle's text says "IoU > 0.4", which differs only on exact equality.
-- Ties in score are broken by row order of the predictions table (a stable sort), as
-  the devkit's MATLAB ``sort`` does. map-boxes uses ``np.argsort(-scores)``, which is
-  not stable (numpy's SIMD sort reorders ties even in arrays of 10), so on tied scores
-  its AP can change with the machine.
-- map-boxes matches predictions of an image in *table order*, not score order. We
-  sort by score as VOC does; the two agree whenever each image's rows are written in
-  descending score (``cxrkit.submission`` writes them that way).
-- map-boxes silently ignores predictions on images absent from the truth table and
-  casts boxes and scores to float32. Here such predictions are an error (or, with
-  ``image_ids``, false positives on images without truth) and everything is float64.
+:func:`vinbigdata_map` scores a predictions table against a truth table (per-class
+average precision, "No finding" scored as a box of its own); :func:`iou_matrix`
+and :func:`average_precision` are its steps. Taught in notebooks 05 and 06.
 """
 
 from __future__ import annotations

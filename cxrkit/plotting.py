@@ -24,6 +24,10 @@ from matplotlib import patches
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cxrkit._atomic import atomic_path
+from cxrkit.annotations import sizes_of, validate_meta
+from cxrkit.eda import summarize
+from cxrkit.formats import BOX_COLUMNS
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, class_color, class_name
 
 __all__ = [
@@ -276,8 +280,6 @@ def plot_class_counts(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     The log scale matters: "No finding" and "Aortic enlargement" outnumber
     "Pneumothorax" by more than 30 to 1, which a linear axis would hide.
     """
-    from cxrkit.annotations import summarize
-
     table = summarize(df)
     ax = _new_axes(ax, figsize=(8, 6))
     y = np.arange(len(table))
@@ -322,9 +324,6 @@ def plot_box_stats(
 
     ``meta`` gives the original ``dim0`` (height) and ``dim1`` (width) of each image.
     """
-    from cxrkit.annotations import sizes_of, validate_meta
-    from cxrkit.formats import BOX_COLUMNS
-
     meta = validate_meta(meta)
     boxes = df[df["class_id"].astype(np.int64) != NO_FINDING_ID].dropna(subset=BOX_COLUMNS)
     hw = sizes_of(boxes["image_id"].astype(str), meta, "to plot relative box sizes")
@@ -449,8 +448,6 @@ def save_figure(fig: Figure | Axes, name: str, folder: str | os.PathLike | None 
     temporary file and renamed, so an interrupted run never leaves a broken image
     that looks finished.
     """
-    from cxrkit._atomic import atomic_path
-
     if isinstance(fig, Axes):
         fig = fig.figure
     stem = name[:-4] if name.lower().endswith(".png") else name

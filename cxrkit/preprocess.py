@@ -1,40 +1,9 @@
-"""Convert DICOMs once into small 8-bit PNGs plus a meta table (the "resized 512" layout).
+"""Convert DICOMs once into small 8-bit PNGs plus meta tables (the "resized 512" layout).
 
-A VinBigData DICOM is about 3000 x 2500 pixels of 12-16 bit data (some JPEG 2000
-compressed); decoding one takes far longer than a training step needs. So we pay
-that cost once::
-
-    SRC/train/<image_id>.dicom  ->  OUT/train/<image_id>.png   (8-bit gray)
-    SRC/test/<image_id>.dicom   ->  OUT/test/<image_id>.png
-                                    OUT/train_meta.csv, OUT/test_meta.csv
-                                    (image_id, dim0 = original rows, dim1 = original columns)
-
-The meta tables are what let boxes travel between the two pixel spaces: the
-annotations and the submission live in *original* DICOM pixels, the model sees
-*resized* pixels (see :func:`cxrkit.annotations.rescale_boxes`).
-
-**Square or keep-aspect?** By default both sides become ``size`` (512 x 512),
-like the public "resized 512" copies that the seed notebook trained on. The
-image is squashed a little (VinBigData images are about 1.2 : 1), but then every
-axis scales independently with the meta table, and a batch stacks without
-padding. ``keep_aspect=True`` makes the *longest* side ``size`` and keeps the
-proportions (anatomy not squashed, fewer pixels wasted); the boxes still
-rescale per axis with the same meta table, so everything downstream works, but
-images in a batch differ in shape (torchvision's detectors accept lists).
-
-**Robust and resumable.** Images are converted by worker processes (all cores by
-default); every PNG is written to a temporary file and renamed into place, so no
-half-written PNG can ever carry the final name. After each image the parent
-process appends ``image_id,dim0,dim1`` to a journal (``OUT/.cxrkit-preprocess/``)
-and only images found in the journal *and* on disk (with a complete PNG trailer)
-are skipped on the next run. Kill the run at any moment, start it again, and you
-get exactly the files an uninterrupted run gives; the worker processes of a
-killed run notice it within a second and exit. A file that cannot be read is
-listed with its reason in ``OUT/errors.csv`` and in the summary; the others still
-convert, and it is retried on the next run.
-
-**Privacy.** Only pixels and the image size leave the DICOM: no patient tag is
-ever written (PNGs from OpenCV carry no text chunks).
+``SRC/{train,test}/<id>.dicom`` become ``OUT/{train,test}/<id>.png`` and
+``OUT/{train,test}_meta.csv`` (``image_id,dim0,dim1``: original rows and columns),
+resumably, in worker processes; :func:`meta_from_dicoms` builds a meta table from
+the DICOM headers alone. Taught in notebook 02 (and used by notebooks 03-06).
 """
 
 from __future__ import annotations
@@ -46,6 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -56,8 +26,11 @@ import pandas as pd
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
-from cxrkit.dicom import list_dicoms, shared_id_problem
-from cxrkit.errors import DataNotFoundError, PreprocessError
+from cxrkit.annotations import validate_meta
+from cxrkit.dicom import dicom_shape, list_dicoms, read_xray, shared_id_problem
+from cxrkit.errors import AnnotationError, DataNotFoundError, PreprocessError
+from cxrkit.formats import META_COLUMNS
+from cxrkit.paths import find_data, work_dir
 
 STATE_DIR = ".cxrkit-preprocess"  # journal + settings, inside OUT
 FORMAT_VERSION = 1  # bump when the pixels we write change, so old folders are not trusted
@@ -129,8 +102,6 @@ def convert_one(src: str, dst: str, size: int, keep_aspect: bool) -> tuple[int, 
     Runs inside a worker process. Raises :class:`cxrkit.dicom.DicomReadError` (or
     another exception) for a file that cannot be converted.
     """
-    from cxrkit.dicom import dicom_shape, read_xray
-
     rows, cols = dicom_shape(src)
     image = read_xray(src, size=output_shape(rows, cols, size, keep_aspect))
     with atomic_path(dst) as tmp:
@@ -556,10 +527,6 @@ def ensure_preprocessed(
     nothing unless ``verbose`` (the first and later calls then look the same in a
     notebook, which keeps committed outputs reproducible).
     """
-    import warnings
-
-    from cxrkit.paths import find_data, work_dir
-
     data = find_data(data_dir)
     out = work_dir(f"preprocessed-{size}") / _folder_name(data)
     report = preprocess_dicoms(data, out, size=size, workers=workers)
@@ -571,3 +538,47 @@ def ensure_preprocessed(
             stacklevel=2,
         )
     return out
+
+
+# --------------------------------------------------------------------------- meta from headers
+
+
+def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
+    """Build the meta table (``image_id,dim0,dim1``) from the headers of a DICOM folder.
+
+    Reads every ``*.dicom`` / ``*.dcm`` file directly in ``dicom_dir`` (not in
+    sub-folders) with ``stop_before_pixels``: only the header is parsed, so this
+    takes seconds even for the 15,000 full-size training images. The image id is
+    the file name without its extension. Unreadable files are collected and
+    reported together in one :class:`AnnotationError`.
+    """
+    folder = Path(dicom_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DICOM folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".dicom", ".dcm"))
+    if not files:
+        hint = ""
+        if any((folder / sub).is_dir() for sub in ("train", "test")):
+            hint = " (did you mean its train/ or test/ sub-folder?)"
+        raise AnnotationError(f"no .dicom or .dcm files in {folder}{hint}")
+    problem = shared_id_problem(folder, files)
+    if problem:
+        raise AnnotationError(problem)
+
+    records, failed = [], []
+    for path in tqdm(files, desc="reading DICOM headers", unit="file"):
+        try:
+            rows, cols = dicom_shape(path)
+        except Exception as exc:  # any reader failure is reported with its file
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            failed.append(f"{path.name}: {reason}")
+            continue
+        records.append((path.stem, rows, cols))
+    if failed:
+        listed = "\n  ".join(failed[:10])
+        more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+        raise AnnotationError(
+            f"{folder}: {len(failed)} unreadable DICOM file(s):\n  {listed}{more}"
+        )
+    meta = pd.DataFrame(records, columns=META_COLUMNS)
+    return validate_meta(meta, source=f"headers of {folder}")

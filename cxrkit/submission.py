@@ -1,33 +1,8 @@
 """Kaggle submission files: build, check, write, read and parse them.
 
-A VinBigData submission has one row per test image::
-
-    image_id,PredictionString
-    002a34c58c5b758217ed1f584ccbcfe9,3 0.912345 691 1375 1653 1831 0 0.870000 1264 743 1611 1019 14 0.087655 0 0 1 1
-
-Each prediction is six tokens, ``class score x_min y_min x_max y_max``, in the
-pixels of the *original* DICOM. "No finding" (class 14) is an image-level score
-written as ``14 p 0 0 1 1``.
-
-Why always append ``14 p 0 0 1 1``: the metric averages AP per class, and a
-class-14 prediction is matched only against class-14 truth (one ``0 0 1 1`` box per
-normal image). Adding it therefore cannot change any finding's AP, and without it
-class 14 scores 0 while it still counts in the mean. With one entry per image the
-class-14 recall reaches 1; if ``p`` ranks normal images above abnormal ones its AP
-approaches 1 (even a constant ``p`` gives roughly the share of normal images). The
-default ``p = 1 - (highest finding score on the image)`` is a simple ranking of that
-kind; a normal-vs-abnormal classifier's probability is usually better.
-
-Choices made here:
-
-- Boxes are written as integer pixels (rounded). Originals are ~2000-3000 px wide,
-  so rounding moves IoU by well under 0.1 % of the 0.4 threshold, and files shrink.
-- Scores keep 6 decimals (not 4): the metric ranks all predictions of a class
-  across the whole test set, and 4 decimals would create thousands of artificial
-  ties whose order is up to the scorer.
-- Each image's predictions are written in descending score, so that scorers which
-  match an image's predictions in file order (such as the ``map-boxes`` package)
-  agree with VOC matching by score.
+One row per test image: ``image_id,PredictionString`` with
+``class score x_min y_min x_max y_max`` groups in original DICOM pixels
+(``14 p 0 0 1 1``: an image-level "No finding" score). Taught in notebook 06.
 """
 
 from __future__ import annotations

@@ -1,52 +1,9 @@
 """Augmentation pipelines for chest radiographs (albumentations 2.x), boxes included.
 
-A chest X-ray is not a holiday photo: the anatomy has a fixed layout, and an
-augmentation must produce an image a radiologist could plausibly see. Each
-choice below, and why (notebook 03 shows them on real-looking images):
-
-- **Resize to ``size x size``** first: the PNGs from :mod:`cxrkit.preprocess` are
-  already square at 512, so this is a no-op then; it also makes keep-aspect PNGs
-  (or another size) stack into batches. Boxes scale per axis exactly.
-- **Small affine jitter** (``Affine``: scale 0.9-1.1, shift up to 5 %, rotation
-  up to 7 degrees, p=0.5): patients are never positioned identically, but a
-  radiograph is never upside down or rotated by 45 degrees. Rotated boxes use
-  ``rotate_method="ellipse"`` (tighter than the box around the rotated box for
-  round lesions). The border is filled with black, like a collimated edge.
-- **Horizontal flip, low probability** (``hflip_p=0.25`` by default): a flipped
-  chest shows the heart on the right (*situs inversus*, about 1 in 10,000
-  people), and two findings are lateralised: *Aortic enlargement* (the aortic
-  knob is on the patient's left = image right) and *Cardiomegaly* (the heart
-  extends mostly to the image right). So flipping is debatable. We keep it, rarely:
-  convolutional detectors recognise a lesion mostly by its local appearance,
-  which a flip does not change; it doubles the variety of the 13 other findings;
-  and :mod:`cxrkit.postprocess` offers flip test-time augmentation, which only
-  helps if the model has seen flipped images. Pass ``hflip_p=0`` to switch it off
-  (and compare in notebook 03!).
-- **No vertical flip, no large rotation, no elastic warp**: they create anatomy
-  that does not exist.
-- **Brightness / contrast / gamma** (p=0.5, 0.3): scanners, exposure and the
-  vendors' processing differ a lot between hospitals; the LUT-based contrast of a
-  DICOM window is roughly a gamma curve.
-- **CLAHE, rarely** (p=0.1): some sites deliver local-contrast-enhanced images;
-  it is also a popular preprocessing for this competition.
-- **Mild noise or blur** (p=0.2, one of them): quantum noise of low-dose
-  exposures, and the softness of upsampled low-resolution detectors.
-
-Boxes are ``pascal_voc`` (``x_min, y_min, x_max, y_max`` pixels), clipped to the
-image; a box that (almost) leaves the image (less than 30 % of it visible, or
-thinner than one pixel) is dropped **together with its label** (``label_fields``
-keeps ``labels`` aligned with ``bboxes``).
-
-The pipelines work on the 1-channel uint8 image (three times cheaper than RGB) and
-end with ``ToTensorV2``; :class:`cxrkit.data.XrayDataset` then scales to [0, 1]
-and repeats the gray channel three times for COCO-pretrained backbones.
-
-Reproducibility: albumentations 2 gives every transform of a ``Compose`` its own
-generator seeded with the *same* seed, so decisions of different transforms are
-correlated (a flip would always come with an affine). :func:`reseed` shares one
-generator instead; every builder here calls it. In a ``DataLoader`` with worker
-processes, each worker must be reseeded differently: use
-:func:`cxrkit.data.worker_init_fn`.
+:func:`train_transforms` keeps to changes a radiologist could plausibly see
+(small affine jitter, a rare left-right flip, brightness/contrast/gamma, rare
+CLAHE, mild noise or blur; never a vertical flip); :func:`valid_transforms` and
+:func:`test_transforms` only resize and convert. Taught in notebook 03.
 """
 
 from __future__ import annotations

@@ -28,13 +28,12 @@ from cxrkit.annotations import (
     image_class_sets,
     load_annotations,
     load_meta,
-    meta_from_dicoms,
-    radiologist_agreement,
     rescale_boxes,
-    summarize,
     validate_annotations,
 )
+from cxrkit.eda import radiologist_agreement, summarize
 from cxrkit.labels import CLASS_NAMES
+from cxrkit.preprocess import meta_from_dicoms
 
 # --------------------------------------------------------------------------- loading
 

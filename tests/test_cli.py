@@ -30,7 +30,8 @@ from helpers import (
     write_dicom,
 )
 
-from cxrkit.annotations import load_annotations, radiologist_agreement
+from cxrkit.annotations import load_annotations
+from cxrkit.eda import radiologist_agreement
 from cxrkit.errors import CxrkitError
 from cxrkit.preprocess import STATE_DIR, preprocess_dicoms
 

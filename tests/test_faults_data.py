@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, meta_from_dicoms
+from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations
 from cxrkit.errors import AnnotationError, OverwriteError, PreprocessError
+from cxrkit.preprocess import meta_from_dicoms
 
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
 ROWS = [
