@@ -1,23 +1,9 @@
-"""PyTorch datasets over the preprocessed PNGs, and a stratified train/valid split.
+"""Datasets over the preprocessed PNGs and the stratified split (taught in notebook 03).
 
-:class:`XrayDataset` is the seed notebook's ``VinBigDataset``, made strict:
-it returns ``(image, target, image_id)`` where
-
-- ``image`` is a float32 tensor ``(3, H, W)`` in [0, 1]: the gray radiograph is
-  repeated on three channels so that COCO-pretrained backbones (which expect RGB)
-  can be fine-tuned unchanged;
-- ``target`` is the dict torchvision's detectors train on: ``boxes`` float32
-  ``(N, 4)`` in the pixels of the image returned, ``labels`` int64 = ``class_id + 1``
-  (0 is background), ``image_id`` (int64 tensor ``[index]``), ``area`` and
-  ``iscrowd`` (zeros);
-- ``image_id`` is the VinBigData id string.
-
-The annotations are in *original* DICOM pixels (the raw ``train.csv`` with three
-radiologists per image, or a table fused by :func:`cxrkit.annotations.fuse_boxes`);
-the dataset rescales them to the PNG with the meta table written by
-:mod:`cxrkit.preprocess`. Images whose only label is "No finding" are kept as
-*negatives*, with empty targets (``boxes`` of shape ``(0, 4)``): they teach the
-model what a normal chest looks like.
+:class:`XrayDataset` is the seed's ``VinBigDataset`` made strict: ``(image, target,
+image_id)`` with a (3, H, W) float image, torchvision's target dict (boxes in the
+returned image's pixels, labels ``class_id + 1``) and empty targets for normal
+images. :class:`TestDataset` serves unlabelled images; :func:`split` stratifies.
 """
 
 from __future__ import annotations

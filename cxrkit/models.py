@@ -1,29 +1,10 @@
-"""Faster R-CNN builders and their weights (notebook 04 teaches them).
+"""Faster R-CNN builders and their weights (taught in notebook 04).
 
-Four detectors share one entry point, :func:`build_model`:
-
-================================== ===================================================
-``"fasterrcnn_resnet50_fpn"``      the seed's model: COCO weights, new box predictor
-``"fasterrcnn_resnet50_fpn_v2"``   the improved ResNet-50 recipe (better COCO mAP)
-``"fasterrcnn_mobilenet_v3_large_fpn"``  a lighter backbone, fine on a laptop GPU
-``"cxr_small"``                    a tiny detector trained from scratch on a CPU
-================================== ===================================================
-
-Where the weights come from (``weights=``):
-
-- ``"DEFAULT"``: torchvision downloads the COCO weights (needs the internet), then
-  the 91-class COCO box predictor is replaced by a new ``FastRCNNPredictor`` with
-  ``num_classes`` outputs: the transfer-learning recipe of the seed notebook.
-- ``None``: random initialisation, no download. Tests and the teaching notebooks
-  use this so they run anywhere; expect much lower accuracy from the ResNet models.
-- a path: a local ``.pth`` file, either a torchvision state_dict (for example the
-  COCO file ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`` attached to a Kaggle
-  notebook as a dataset, which is how Kaggle users work offline) or a cxrkit
-  checkpoint written by :func:`cxrkit.checkpoints.save_checkpoint`.
-
-Weight files are always read with ``torch.load(weights_only=True)``, which refuses to
-run code hidden in a pickle. Saving and resuming training checkpoints is
-:mod:`cxrkit.checkpoints`' job.
+:func:`build_model` builds the seed's ``fasterrcnn_resnet50_fpn``, its ``_v2``, a
+MobileNet variant, or ``cxr_small`` (a tiny detector for CPUs), with
+``weights="DEFAULT"`` (COCO, needs the internet), ``None`` (random, what tests and
+notebooks use) or a local ``.pth`` file, always read with ``weights_only=True``.
+Training checkpoints are :mod:`cxrkit.checkpoints`.
 """
 
 from __future__ import annotations

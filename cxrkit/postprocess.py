@@ -1,22 +1,8 @@
-"""Clean up and combine detector outputs: NMS, class-wise NMS, WBF and flip TTA.
+"""Clean up and combine detector outputs: NMS, class-wise NMS, WBF, flip TTA (notebook 05).
 
-Every function takes a prediction dict ``{"boxes": (N, 4), "scores": (N,),
-"labels": (N,)}`` (what a torchvision detector returns per image, torch tensors or
-numpy arrays; boxes in pixels) and returns a **new** dict of the same kind: tensors
-stay tensors on their device, numpy stays numpy, and the input is never modified.
-(The original notebook's ``apply_nms`` wrote the filtered boxes back into the
-dict it was given, so calling it twice, or looking at the raw predictions after
-it, silently gave the wrong answer.) Other keys are copied unchanged.
-
-- :func:`apply_nms` - class-agnostic NMS: overlapping boxes of *any* class compete.
-- :func:`classwise_nms` - NMS inside each label only (``torchvision.ops.batched_nms``),
-  what a multi-class detector usually wants.
-- :func:`wbf_predictions` - Weighted Boxes Fusion (``ensemble-boxes``) of several
-  predictions for the same image: overlapping boxes are *averaged* instead of
-  discarded, which helps ensembles and TTA.
-- :func:`hflip_boxes`, :func:`unflip_prediction`, :func:`merge_tta` - horizontal flip
-  test-time augmentation: predict on the flipped image, map its boxes back, merge.
-- :func:`filter_by_score` - drop low-confidence boxes.
+Every function takes a torchvision prediction dict (``boxes``, ``scores``,
+``labels``; tensors or numpy) and returns a **new** one: the input is never
+modified, unlike the seed's ``apply_nms``, which overwrote the raw predictions.
 """
 
 from __future__ import annotations
