@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 NAN_ON_RANK_1 = """
 import sys
+from pathlib import Path
 import torch
 from torch import nn
 from cxrkit.distributed import cleanup_distributed, setup_distributed
@@ -43,6 +44,8 @@ batches = [((img,), ({"boxes": torch.zeros((0, 4))},), (f"r{info.rank}-id{i}",))
 try:
     train_one_epoch(model, optimizer, batches, torch.device("cpu"), epoch=1)
 except NonFiniteLossError as exc:
+    # a file per rank: the two ranks' printed lines can interleave in torchrun's output
+    (Path(sys.argv[1]) / f"stopped-rank{info.rank}.txt").write_text(str(exc))
     print(f"rank {info.rank} stopped: {exc}", flush=True)
     sys.exit(3)
 print(f"rank {info.rank} finished without an error", flush=True)
@@ -89,12 +92,12 @@ def _torchrun(script: str, tmp_path, *args: str, timeout: int = 240):
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
     """Before: rank 1 raised alone and rank 0 waited in backward's all-reduce."""
-    proc, seconds = _torchrun(NAN_ON_RANK_1, tmp_path, timeout=180)
+    proc, seconds = _torchrun(NAN_ON_RANK_1, tmp_path, str(tmp_path), timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if " stopped: " in line)
-    assert [line.split(" stopped: ")[0] for line in lines] == ["rank 0", "rank 1"], out[-3000:]
-    messages = {line.split(" stopped: ")[1] for line in lines}
+    stopped = sorted(p.name for p in tmp_path.glob("stopped-rank*.txt"))
+    assert stopped == ["stopped-rank0.txt", "stopped-rank1.txt"], out[-3000:]
+    messages = {(tmp_path / name).read_text() for name in stopped}
     assert len(messages) == 1, messages  # the same error on both ranks
     msg = messages.pop()
     assert "loss is nan on rank 1 at epoch 1, iteration 1" in msg and "r1-id1" in msg
