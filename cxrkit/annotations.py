@@ -517,7 +517,8 @@ def fuse_boxes(
         original pixels, images in their order of first appearance and boxes
         sorted by class. An image with no finding box keeps exactly one
         "No finding" row; an image where any radiologist drew a finding keeps only
-        its fused finding boxes.
+        its fused finding boxes. ``attrs["source_rows"]`` holds the number of
+        rows read (after exact duplicates were dropped).
     """
     # ensemble_boxes pulls in numba (about a second): imported on first use, not with the module
     from ensemble_boxes import weighted_boxes_fusion
@@ -535,7 +536,9 @@ def fuse_boxes(
     wbf = partial(
         weighted_boxes_fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type
     )
-    return _fuse_images(ann, is_finding, boxes / scale, hw, wbf)
+    fused = _fuse_images(ann, is_finding, boxes / scale, hw, wbf)
+    fused.attrs["source_rows"] = len(ann)
+    return fused
 
 
 def _check_wbf_args(iou_thr: float, conf_type: str) -> None:

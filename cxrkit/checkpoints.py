@@ -1,15 +1,9 @@
 """Training checkpoints: save (atomic), load (``weights_only=True``), rebuild a model.
 
-A checkpoint is a plain dict: the model's ``state_dict`` and how the model was
-built (name, class count, input size), the optimizer and scheduler states, the
-number of epochs done, the RNG states, and what :func:`cxrkit.fit.fit` adds (the
-run's settings under ``config``, the best validation mAP). Notebook 04 (section 4)
-teaches why ``torch.load(weights_only=True)`` matters and what the checks catch.
-
-Format versions: 1 (cxrkit before the engine/fit/train split) kept the training
-arguments under ``train_args`` and ``seed``; 2 keeps every setting in ``config``.
-Both load: :func:`load_checkpoint` gathers a version 1 file's settings into
-``config``, so it also resumes.
+A checkpoint is a plain dict (model and optimizer states, how the model was built,
+the run's ``config``, RNG states); notebook 04 (section 4) teaches why
+``weights_only=True`` matters. Format 1 files (before the engine/fit/train split)
+still load: their settings are gathered into ``config``.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from cxrkit._atomic import write_csv_atomic
 from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
+from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
-from cxrkit.sample import generate_sample
 from cxrkit.submission import parse_submission, read_submission
 
 # cxrkit.train (and through it torch) is imported inside the commands that train or
@@ -29,7 +29,7 @@ from cxrkit.submission import parse_submission, read_submission
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    out = generate_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+    out = write_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
     print(f"sample written to {out}")
     return 0
 
@@ -57,7 +57,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     fused = fuse_boxes(args.train_csv, meta, iou_thr=args.iou)
     write_csv_atomic(fused, args.out_csv)
     n_images = fused["image_id"].nunique()
-    print(f"fused {args.train_csv} into {len(fused)} rows over {n_images} images -> {args.out_csv}")
+    n_rows = fused.attrs["source_rows"]
+    print(f"fused {n_rows} rows into {len(fused)} rows over {n_images} images -> {args.out_csv}")
     return 0
 
 

@@ -1,19 +1,9 @@
 """The loops: train one epoch, evaluate, predict (notebook 04 trains, 05 and 06 predict).
 
-Names and signatures follow torchvision's ``references/detection/engine.py``,
-grown from the seed notebook's bare loop (``loss_dict = model(images, targets)``,
-``sum``, ``zero_grad``, ``backward``, ``step``). What this module adds:
-
-- :func:`train_one_epoch`: a progress bar, mixed precision on a GPU, a linear
-  warmup (:class:`LinearWarmup`) and a clear stop on a NaN/inf loss, on every
-  rank at once under DistributedDataParallel.
-- :func:`evaluate`: the competition metric (mAP@0.4) on the validation images,
-  boxes mapped back to original DICOM pixels, as the test submission is scored.
-- :func:`predict`: batched inference, optional flip TTA, a predictions table in
-  original pixels for :mod:`cxrkit.metrics` and :mod:`cxrkit.submission`.
-
-Epochs, checkpoints, per-epoch seeding and resuming are :mod:`cxrkit.fit`; the
-command line's runs are :mod:`cxrkit.train`.
+Names and signatures follow torchvision's ``references/detection/engine.py``; the
+seed notebook's bare loop grew a progress bar, AMP on a GPU, a linear warmup and
+a stop on a non-finite loss on every rank at once. Epochs, checkpoints and resume
+are :mod:`cxrkit.fit`; the command line's runs are :mod:`cxrkit.train`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Epochs, checkpoints and an exact resume around the loops (notebook 04, sections 3-5).
 
-:func:`fit` trains a model with an optimizer and a scheduler that the caller
-builds (:func:`make_optimizer` and :func:`make_scheduler` give the seed's recipe:
-SGD with momentum, then StepLR or a cosine decay, as in torchvision's detection
-references), validates each epoch with the competition metric, and writes
-``last.pt`` (every epoch), ``best.pt`` (by validation mAP) and ``history.csv``.
-
-**Exact resume**: each epoch's randomness depends on ``(seed, epoch)`` only
-(:func:`seed_epoch`), so interrupting after epoch k and resuming gives the same
-weights as an uninterrupted run (on CPU). A resume must be *the same run*: the
-run's settings are saved as one dict (``ckpt["config"]``) and any difference is
-listed in one :class:`cxrkit.errors.ResumeError` (:func:`resume_problems`).
+:func:`fit` takes an optimizer and scheduler built by the caller
+(:func:`make_optimizer`, :func:`make_scheduler`: the seed's SGD recipe), validates
+each epoch with mAP@0.4, and writes ``last.pt``, ``best.pt`` and ``history.csv``.
+A resume must be the same run: its saved ``config`` is compared field by field.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cxrkit.errors import DataNotFoundError
 
@@ -111,3 +112,15 @@ def is_sample(data_dir: str | os.PathLike) -> bool:
     return (Path(data_dir) / "test_labels.csv").is_file() and (
         Path(data_dir) / MARKER_NAME
     ).is_file()
+
+
+def write_sample(out: str | os.PathLike, **options: Any) -> Path:
+    """Write a sample in the VinBigData layout into ``out`` (what ``python -m cxrkit sample`` runs).
+
+    ``options`` are those of :func:`cxrkit.sample.generate_sample` (``seed``,
+    ``n_train``, ``n_test``). Unlike :func:`sample_dir` it writes where it is
+    told, not into the cache; only files the generator made are ever replaced.
+    """
+    from cxrkit.sample import generate_sample
+
+    return generate_sample(out, **options)

@@ -1,13 +1,8 @@
 """Plots for the notebooks: boxes on X-rays, label statistics, PR curves, training curves.
 
-Every function draws on the ``ax`` (or ``axes``) it is given, or on a new figure,
-and returns what it drew on; none calls ``plt.show()``, so a notebook cell
-decides when to display and a script can save without a screen (Agg backend).
-Each class keeps one colour everywhere (:func:`cxrkit.labels.class_color`), so a
-reader learns to recognise "Cardiomegaly blue" from one figure to the next.
-
-Figures for the README and reports go through :func:`save_figure`, which writes
-``figures/NAME.png`` at the repository root atomically.
+Every function draws on the ``ax`` it is given (or a new figure) and returns it;
+none calls ``plt.show()``. Each class keeps one colour everywhere
+(:func:`cxrkit.labels.class_color`); :func:`save_figure` writes ``figures/NAME.png``.
 """
 
 from __future__ import annotations

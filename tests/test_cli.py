@@ -148,7 +148,7 @@ def test_cli_fuse_with_meta(tmp_path, capsys):
     META.to_csv(meta, index=False)
     out = tmp_path / "out" / "fused.csv"
     assert main(["fuse", str(train), str(out), "--meta", str(meta), "--iou", "0.8"]) == 0
-    assert "into 5 rows over 3 images" in capsys.readouterr().out
+    assert f"fused {len(GOOD_ROWS)} rows into 5 rows over 3 images" in capsys.readouterr().out
     fused = load_annotations(out)
     assert_same_boxes(fused, direct_wbf(load_annotations(train), META, 0.8))
 

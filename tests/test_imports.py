@@ -86,3 +86,13 @@ def test_no_import_cycle():
 def test_the_checks_see_the_deliberate_lazy_imports():
     lazy = {(m, t) for m, targets in _imports().items() for t, inner in targets if inner}
     assert DELIBERATE_LAZY <= lazy, "an allowed lazy import is gone: trim DELIBERATE_LAZY"
+
+
+def test_only_paths_imports_the_sample_generator():
+    importers = {
+        module
+        for module, targets in _imports().items()
+        for target, _ in targets
+        if target.startswith("cxrkit.sample") and not module.startswith("cxrkit.sample")
+    }
+    assert importers == {"cxrkit.paths"}

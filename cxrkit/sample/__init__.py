@@ -1,54 +1,17 @@
 """A small synthetic dataset in the exact layout of the Kaggle VinBigData competition.
 
-The real competition data is 200 GB of DICOMs that only Kaggle users can download,
-so every notebook of cxrkit can also run on a *sample* written by this module::
+The real data is 200 GB that only Kaggle users can download, so every notebook also
+runs on this sample (:func:`cxrkit.paths.find_data`); notebooks 01 and 02 explore it::
 
-    OUT/train/<image_id>.dicom      200 synthetic chest radiographs (default)
-    OUT/test/<image_id>.dicom        50 more, without labels in train.csv
-    OUT/train.csv                    image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max
-    OUT/sample_submission.csv        image_id,PredictionString ("14 1 0 0 1 1" everywhere)
-    OUT/test_labels.csv              the test truth (train.csv columns) to score locally
-    OUT/.cxrkit-sample               marker: version, seed and counts
+    OUT/train/<image_id>.dicom, OUT/test/<image_id>.dicom   (200 + 50 by default)
+    OUT/train.csv, OUT/sample_submission.csv, OUT/test_labels.csv (the test truth)
 
-What makes it a useful stand-in for the real thing:
-
-* **Labels behave like the real ones.** Three radiologists per image (mostly R8,
-  R9 and R10, as in the real train set); each one may miss a finding the others
-  saw (and then writes a "No finding" row if he saw nothing at all), and their
-  boxes disagree by a few percent. Class frequencies follow the real imbalance
-  (Aortic enlargement and Cardiomegaly common, Pneumothorax rare), softened so
-  that every finding appears a few times; about a third of the images are normal.
-* **Images look like chest X-rays** (body, lungs, heart, spine, ribs, clavicles,
-  diaphragm) and each of the 14 findings has its own consistent appearance at a
-  plausible place, whose box is the true extent of what was drawn. A small
-  Faster R-CNN can learn them from 200 images in minutes.
-* **DICOMs vary as real ones do**: MONOCHROME1 and MONOCHROME2, BitsStored 10-16,
-  window centre/width, VOI LUT sequences, rescale slope/intercept, RLE and JPEG
-  2000 lossless compression, non-square sizes. Fake but realistic patient tags
-  (``PatientName`` "ANONYMOUS", sex, age) are present so later modules can check
-  they never copy them to their outputs.
-* **Deterministic**: the same seed gives byte-identical files (UIDs derived from
-  the seed, no timestamps). Each image has its own child random generator, so
-  images can be drawn independently (in any order, or in parallel).
-
-Radiograph convention: the patient faces you, so the patient's *left* (heart,
-aortic knob) is on the image *right*.
-
-Notebooks 01 (EDA) and 02 (DICOM) explore this sample, and every notebook runs on
-it by default (:func:`cxrkit.paths.find_data`). The generator is split by idea:
-
-* :mod:`~cxrkit.sample.plan`: which images, findings, radiologists, DICOM variants;
-* :mod:`~cxrkit.sample.anatomy` and :mod:`~cxrkit.sample.findings`: drawing the chest
-  and its findings (with :mod:`~cxrkit.sample.draw`), :mod:`~cxrkit.sample.render`
-  one whole image;
-* :mod:`~cxrkit.sample.dicom_writer`: storing it as DICOM;
-* :mod:`~cxrkit.sample.reports`: the label tables;
-* :mod:`~cxrkit.sample.generate`: the folder; :mod:`~cxrkit.sample.layout`: its
-  marker and version.
-
-Only the constants of :mod:`~cxrkit.sample.layout` load with this package; the
-other names load on first use, so :mod:`cxrkit.paths` can read
-:data:`SAMPLE_VERSION` without importing OpenCV, pandas and pydicom.
+Three radiologists per image who disagree, the real class imbalance softened, the
+DICOM variants of real files (MONOCHROME1, VOI LUT, rescale, RLE, JPEG 2000), fake
+patient tags, byte-identical for a seed. Submodules: ``plan`` (what to draw),
+``anatomy``/``findings``/``draw``/``render`` (the image), ``dicom_writer``,
+``reports`` (label tables), ``generate`` (the folder), ``layout`` (marker, version).
+Only ``layout`` loads with the package, so :mod:`cxrkit.paths` stays light.
 """
 
 from __future__ import annotations
