@@ -34,23 +34,27 @@ NUM_FINDINGS: int = 14  # class ids 0..13 carry boxes
 NUM_CLASSES: int = 15  # for the competition metric: 14 findings + No finding
 MODEL_NUM_CLASSES: int = NUM_FINDINGS + 1  # torchvision: background + 14 findings
 
-# One distinct colour per class (tab20-like, colour-blind friendlier order).
+# One colour per class, chosen so that any two of the 14 findings differ by a CIEDE2000
+# distance of at least 9 for normal vision and under simulated protanopia, deuteranopia
+# and tritanopia (tests/test_plotting.py measures it); the classes radiologists confuse
+# (ILD, Infiltration, Lung Opacity, Pulmonary fibrosis) get very different hues.
+# Colours from Okabe & Ito and Paul Tol's palettes; No finding is gray.
 CLASS_COLORS: tuple[str, ...] = (
-    "#e6194b",
-    "#3cb44b",
-    "#ffe119",
-    "#4363d8",
-    "#f58231",
-    "#911eb4",
-    "#46f0f0",
-    "#f032e6",
-    "#bcf60c",
-    "#fabebe",
-    "#008080",
-    "#e6beff",
-    "#9a6324",
-    "#800000",
-    "#808080",
+    "#dc050c",  # 0 Aortic enlargement: red
+    "#a6cee3",  # 1 Atelectasis: pale blue
+    "#aa4499",  # 2 Calcification: purple
+    "#0077bb",  # 3 Cardiomegaly: blue
+    "#ffaabb",  # 4 Consolidation: pink
+    "#f0e442",  # 5 ILD: yellow
+    "#009e73",  # 6 Infiltration: bluish green
+    "#cc79a7",  # 7 Lung Opacity: reddish purple
+    "#ee6677",  # 8 Nodule/Mass: rose
+    "#ccbb44",  # 9 Other lesion: mustard
+    "#56b4e9",  # 10 Pleural effusion: sky blue
+    "#117733",  # 11 Pleural thickening: green
+    "#882255",  # 12 Pneumothorax: wine
+    "#999933",  # 13 Pulmonary fibrosis: olive
+    "#808080",  # 14 No finding: gray
 )
 
 _NAME_TO_ID = {name: i for i, name in enumerate(CLASS_NAMES)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import patches
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from cxrkit._atomic import atomic_path
@@ -32,11 +33,14 @@ __all__ = [
     "plot_box_stats",
     "plot_pr_curves",
     "plot_history",
+    "add_class_legend",
+    "text_color_on",
     "save_figure",
     "find_figures_dir",
 ]
 
 _NEUTRAL = "#ffd700"  # boxes drawn without a class
+_LINE_STYLES = ("-", "--", "-.", ":")
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 6)) -> Axes:
@@ -167,13 +171,14 @@ def _place_label(ax: Axes, box: np.ndarray, text: str, color: Any, slots: Sequen
             box[xi],
             box[yi],
             text,
-            color="black",
+            color=text_color_on(color),
             fontsize=8,
             va=va,
             ha="left",
-            bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+            bbox={"facecolor": color, "alpha": 0.85, "pad": 1, "edgecolor": "none"},
             clip_on=True,
         )
+        _keep_inside(ax, artist, box)
         if len(slots) == 1:
             return
         extent = artist.get_window_extent().expanded(1.05, 1.15)  # the bbox pad, roughly
@@ -181,6 +186,46 @@ def _place_label(ax: Axes, box: np.ndarray, text: str, color: Any, slots: Sequen
             placed.append(extent)
             return
         artist.remove()
+
+
+def _keep_inside(ax: Axes, artist: Any, box: np.ndarray) -> None:
+    """Right-align a label at its box's right edge when it would run out of the axes.
+
+    A label starting near the right border ("Aortic enlargement" on the patient's
+    left) would otherwise be cut by the axes' clip box.
+    """
+    axes_right = ax.get_window_extent().x1
+    if artist.get_window_extent().x1 > axes_right:
+        artist.set_x(box[2])
+        artist.set_horizontalalignment("right")
+
+
+def text_color_on(color: Any) -> str:
+    """Black or white, whichever reads better on ``color`` (WCAG relative luminance)."""
+    rgb = np.asarray(to_rgb(color))
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    luminance = float(linear @ [0.2126, 0.7152, 0.0722])
+    # contrast ratio with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05)
+    return "black" if (luminance + 0.05) ** 2 > 0.05 * 1.05 else "white"
+
+
+def add_class_legend(
+    target: Axes | Figure, class_ids: Iterable[int], title: str | None = "class", **kwargs: Any
+) -> Any:
+    """A legend of class colours for the classes in ``class_ids`` (each once, in id order).
+
+    Box labels that would overlap are left out by :func:`draw_boxes`; this legend
+    names every colour drawn, so each box still says its class. ``kwargs`` go to
+    ``legend`` (on a Figure the default is below the panels).
+    """
+    ids = sorted({int(c) for c in class_ids})
+    handles = [
+        patches.Patch(facecolor="none", edgecolor=class_color(c), linewidth=2, label=class_name(c))
+        for c in ids
+    ]
+    if isinstance(target, Figure):
+        kwargs = {"loc": "lower center", "ncol": min(len(ids), 5), **kwargs}
+    return target.legend(handles=handles, title=title, fontsize=9, **kwargs)
 
 
 def show_image(
@@ -339,8 +384,14 @@ def plot_box_stats(
         xlim=(0, 1), ylim=(0, 1), xlabel="width / image width", ylabel="height / image height"
     )
     ax_sc.set_title("box size")
-    if len(cls):
-        ax_sc.legend(fontsize=6, markerscale=2, loc="upper left")
+    if len(cls):  # to the left of the panels: the scatter keeps its whole area
+        ax_sc.legend(
+            fontsize=8,
+            markerscale=3,
+            loc="upper right",
+            bbox_to_anchor=(-0.2, 1.0),
+            borderaxespad=0,
+        )
     edges = np.linspace(0, 1, bins + 1)
     ax_hist.hist(rel_w, bins=edges, alpha=0.6, label="width")
     ax_hist.hist(rel_h, bins=edges, alpha=0.6, label="height")
@@ -365,7 +416,7 @@ def plot_pr_curves(
     :func:`cxrkit.metrics.pr_curves`); ``ap`` maps class id -> AP. The title shows
     the mean of the given APs (the competition's mAP when all 15 are there).
     """
-    ax = _new_axes(ax, figsize=(7, 6))
+    ax = _new_axes(ax, figsize=(9, 6))
     ap = dict(ap or {})
     for cid, (recall, precision) in sorted(curves.items()):
         label = f"{cid} {class_name(cid)}"
@@ -375,7 +426,8 @@ def plot_pr_curves(
             _to_numpy(recall),
             _to_numpy(precision),
             color=class_color(cid),
-            lw=1.5,
+            lw=1.8,
+            ls=_LINE_STYLES[cid % len(_LINE_STYLES)],  # a second cue besides colour
             label=label,
             drawstyle="steps-post",
         )
@@ -384,8 +436,8 @@ def plot_pr_curves(
     ax.set_title(
         title or (f"precision-recall, mAP {np.mean(values):.3f}" if values else "precision-recall")
     )
-    if curves:
-        ax.legend(fontsize=7, loc="lower left")
+    if curves:  # outside the axes: it never hides the low curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     return ax
 

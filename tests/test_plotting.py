@@ -206,3 +206,79 @@ def test_save_figure_rejects_paths(tmp_path):
     fig, _ = plt.subplots()
     with pytest.raises(ValueError, match="plain file name"):
         save_figure(fig, "../evil", folder=tmp_path)
+
+
+# Machado, Oliveira & Fernandes (2009), severity 1: linear-RGB matrices simulating
+# protanopia, deuteranopia and tritanopia.
+_CVD = {
+    "protanopia": [
+        [0.152286, 1.052583, -0.204868],
+        [0.114503, 0.786281, 0.099216],
+        [-0.003882, -0.048116, 1.051998],
+    ],
+    "deuteranopia": [
+        [0.367322, 0.860646, -0.227968],
+        [0.280085, 0.672501, 0.047413],
+        [-0.011820, 0.042940, 0.968881],
+    ],
+    "tritanopia": [
+        [1.255528, -0.076749, -0.178779],
+        [-0.078411, 0.930809, 0.147602],
+        [0.004733, 0.691367, 0.303900],
+    ],
+}
+
+
+def _closest_pair(rgb: np.ndarray) -> float:
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    lab = rgb2lab(rgb[None])[0]
+    dist = deltaE_ciede2000(lab[:, None, :], lab[None, :, :])
+    np.fill_diagonal(dist, np.inf)
+    return float(dist.min())
+
+
+@pytest.mark.parametrize("vision", ["normal", *_CVD])
+def test_the_14_finding_colours_stay_apart(vision):
+    from matplotlib.colors import to_rgb
+
+    from cxrkit.labels import CLASS_COLORS, NUM_FINDINGS
+
+    rgb = np.array([to_rgb(c) for c in CLASS_COLORS[:NUM_FINDINGS]])
+    if vision != "normal":
+        linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+        seen = np.clip(linear @ np.array(_CVD[vision]).T, 0, 1)
+        rgb = np.where(seen <= 0.0031308, 12.92 * seen, 1.055 * seen ** (1 / 2.4) - 0.055)
+    # 9 CIEDE2000 units: clearly different side by side (the old palette had 0.9)
+    assert _closest_pair(rgb) >= 9.0
+
+
+def test_label_text_reads_on_its_colour():
+    from cxrkit.plotting import text_color_on
+
+    assert text_color_on("#F0E442") == "black"  # yellow
+    assert text_color_on("#882255") == "white"  # wine
+    assert text_color_on("#000000") == "white" and text_color_on("#ffffff") == "black"
+
+
+def test_labels_stay_inside_the_axes():
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(IMAGE, cmap="gray")
+    draw_boxes(ax, [[40, 20, 47, 30]], [0])  # near the right border: a long name
+    fig.canvas.draw()
+    (text,) = ax.texts
+    assert text.get_window_extent().x1 <= ax.get_window_extent().x1 + 1
+    plt.close(fig)
+
+
+def test_class_legend_names_each_class_once():
+    from cxrkit.plotting import add_class_legend
+
+    fig, ax = plt.subplots()
+    legend = add_class_legend(fig, [3, 0, 3, 8])
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "Aortic enlargement",
+        "Cardiomegaly",
+        "Nodule/Mass",
+    ]
+    plt.close(fig)
