@@ -385,13 +385,15 @@ def plot_box_stats(
     )
     ax_sc.set_title("box size")
     if len(cls):  # to the left of the panels: the scatter keeps its whole area
-        ax_sc.legend(
+        legend = ax_sc.legend(
             fontsize=8,
             markerscale=3,
             loc="upper right",
             bbox_to_anchor=(-0.2, 1.0),
             borderaxespad=0,
         )
+        for handle in legend.legend_handles:
+            handle.set_alpha(1.0)  # the points are translucent, the key need not be
     edges = np.linspace(0, 1, bins + 1)
     ax_hist.hist(rel_w, bins=edges, alpha=0.6, label="width")
     ax_hist.hist(rel_h, bins=edges, alpha=0.6, label="height")
