@@ -453,3 +453,45 @@ def save_figure(fig: Figure | Axes, name: str, folder: str | os.PathLike | None 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     return path
+
+
+def plot_ap_vs_agreement(
+    ap: Mapping[int, float],
+    agreement: Mapping[int, float],
+    n_truth: Mapping[int, int] | None = None,
+    ax: Axes | None = None,
+    xlabel: str = "radiologists' agreement",
+) -> Axes:
+    """One labelled point per finding class: its AP against how much the readers agree.
+
+    ``ap`` and ``agreement`` map class id -> value (e.g. ``MapResult.ap`` and a
+    column of :func:`cxrkit.eda.radiologist_agreement`); classes missing from either,
+    and No finding, are left out. ``n_truth`` (class id -> truth boxes) sizes the
+    points, so a class scored on one box does not look as solid as one scored on
+    twenty. A model rarely beats its labels: low agreement caps what AP can mean.
+    """
+    classes = sorted(
+        c
+        for c in set(ap) & set(agreement)
+        if c != NO_FINDING_ID and np.isfinite(ap[c]) and np.isfinite(agreement[c])
+    )
+    if not classes:
+        raise ValueError("no finding class has both an AP and an agreement value")
+    ax = _new_axes(ax, figsize=(7, 5.5))
+    for c in classes:
+        size = 20 + 12 * (n_truth or {}).get(c, 1)
+        ax.scatter(agreement[c], ap[c], s=size, color=class_color(c), edgecolor="black", lw=0.5)
+        ax.annotate(
+            class_name(c),
+            (agreement[c], ap[c]),
+            xytext=(5, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set(xlabel=xlabel, ylabel="AP", ylim=(-0.03, 1.05), title="AP per class vs reader agreement")
+    if n_truth:
+        ax.text(
+            0.01, 0.99, "point area ~ truth boxes", transform=ax.transAxes, va="top", fontsize=8
+        )
+    ax.grid(alpha=0.3)
+    return ax
