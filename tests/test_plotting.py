@@ -18,8 +18,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from cxrkit.labels import class_color  # noqa: E402
 from cxrkit.plotting import (  # noqa: E402
     draw_boxes,
-    plot_ap_vs_agreement,
     find_figures_dir,
+    plot_ap_vs_agreement,
     plot_box_stats,
     plot_class_counts,
     plot_history,
