@@ -297,3 +297,85 @@ def pr_curves(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per-class ``(recall, precision)`` curves, e.g. for ``cxrkit.plotting``."""
     return vinbigdata_map(predictions, truth, iou_thr, **kwargs).curves
+
+
+def ap_at_ious(
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    iou_thresholds: Iterable[float] = (0.1, 0.4, 0.5),
+    *,
+    image_ids: Iterable | None = None,
+) -> pd.DataFrame:
+    """AP per class at several IoU thresholds: one row per class with truth, one column each.
+
+    Separates localisation from classification errors: AP that rises a lot from
+    IoU 0.4 down to 0.1 means boxes of the right class in roughly the right place
+    but too loose or shifted; AP that stays low even at 0.1 means the class itself
+    is missed or mis-ranked. A column's mean is the mAP at that threshold.
+    """
+    ids = None if image_ids is None else list(image_ids)
+    columns = {}
+    for thr in iou_thresholds:
+        result = vinbigdata_map(predictions, truth, float(thr), image_ids=ids)
+        columns[f"AP@{thr:g}"] = pd.Series(result.ap, dtype=np.float64)
+    table = pd.DataFrame(columns)
+    table.index.name = "class_id"
+    table.insert(0, "class_name", [CLASS_NAMES[c] for c in table.index])
+    return table
+
+
+def confusion_at_iou(
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    classes: Iterable[int] | None = None,
+    iou_thr: float = 0.4,
+    score_thr: float = 0.0,
+) -> pd.DataFrame:
+    """Which class the model draws on each truth box: a confusion table for a detector.
+
+    For every truth finding box of ``classes`` (default: all 14 findings), take the
+    prediction on the same image, of any finding class and scoring at least
+    ``score_thr``, that overlaps it most (ties: the higher score). If that IoU
+    reaches ``iou_thr`` the box is counted under the prediction's class, otherwise
+    under ``"none"``. Rows are the truth classes (by name, in the order given),
+    columns the same names, then ``"other"`` (a finding class not in ``classes``)
+    and ``"none"``. The diagonal holds boxes covered by their own class; an
+    off-diagonal cell holds boxes the model located but named differently.
+    Unlike the AP this ignores the ranking: it shows *what* is drawn, not how well
+    it is scored.
+    """
+    if not 0.0 < iou_thr <= 1.0:
+        raise ValueError(f"iou_thr must be in (0, 1], got {iou_thr}")
+    wanted = list(range(NO_FINDING_ID)) if classes is None else [int(c) for c in classes]
+    bad = [c for c in wanted if not 0 <= c < NO_FINDING_ID]
+    if bad or len(set(wanted)) != len(wanted) or not wanted:
+        raise ValueError(f"classes must be distinct finding ids 0..13, got {list(wanted)}")
+    names = [CLASS_NAMES[c] for c in wanted]
+    table = pd.DataFrame(0, index=names, columns=[*names, "other", "none"], dtype=np.int64)
+    table.index.name, table.columns.name = "truth", "predicted"
+
+    gt = prepare_truth(truth)
+    gt = gt[gt["class_id"].isin(wanted)]
+    pred = _check_predictions(predictions)
+    pred = pred[(pred["class_id"] != NO_FINDING_ID) & (pred["score"] >= score_thr)]
+    pred = pred.sort_values("score", ascending=False, kind="stable")  # argmax: higher score
+    pred_by_image = dict(tuple(pred.groupby("image_id", sort=False)))
+    for image_id, t in gt.groupby("image_id", sort=False):
+        p = pred_by_image.get(image_id)
+        if p is None or len(p) == 0:
+            best_iou = np.zeros(len(t))
+            best_cls = np.full(len(t), -1)
+        else:
+            iou = iou_matrix(t[BOX_COLUMNS].to_numpy(), p[BOX_COLUMNS].to_numpy())
+            best = iou.argmax(axis=1)
+            best_iou = iou[np.arange(len(t)), best]
+            best_cls = p["class_id"].to_numpy()[best]
+        for truth_cls, overlap, cls in zip(t["class_id"], best_iou, best_cls, strict=True):
+            if overlap < iou_thr:
+                column = "none"
+            elif cls in wanted:
+                column = CLASS_NAMES[cls]
+            else:
+                column = "other"
+            table.loc[CLASS_NAMES[truth_cls], column] += 1
+    return table

@@ -507,3 +507,62 @@ def save_figure(fig: Figure | Axes, name: str, folder: str | os.PathLike | None 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     return path
+
+
+def plot_ap_vs_agreement(
+    ap: Mapping[int, float],
+    agreement: Mapping[int, float],
+    n_truth: Mapping[int, int] | None = None,
+    ax: Axes | None = None,
+    xlabel: str = "radiologists' agreement",
+) -> Axes:
+    """One labelled point per finding class: its AP against how much the readers agree.
+
+    ``ap`` and ``agreement`` map class id -> value (e.g. ``MapResult.ap`` and a
+    column of :func:`cxrkit.eda.radiologist_agreement`); classes missing from either,
+    and No finding, are left out. ``n_truth`` (class id -> truth boxes) sizes the
+    points, so a class scored on one box does not look as solid as one scored on
+    twenty. A model rarely beats its labels: low agreement caps what AP can mean.
+    Each name goes to the first of a few places around its point that overlaps no
+    name placed before it.
+    """
+    classes = sorted(
+        (
+            c
+            for c in set(ap) & set(agreement)
+            if c != NO_FINDING_ID and np.isfinite(ap[c]) and np.isfinite(agreement[c])
+        ),
+        key=lambda c: (-ap[c], c),
+    )
+    if not classes:
+        raise ValueError("no finding class has both an AP and an agreement value")
+    ax = _new_axes(ax, figsize=(7, 5.5))
+    ax.set(xlim=(-0.05, 1.12), ylim=(-0.05, 1.08), xlabel=xlabel, ylabel="AP")
+    ax.set_title("AP per class vs reader agreement")
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for c in classes:
+        size = 25 + 25 * (n_truth or {}).get(c, 1)  # points squared
+        ax.scatter(agreement[c], ap[c], s=size, color=class_color(c), edgecolor="black", lw=0.5)
+        r = 0.5 * np.sqrt(size) + 1  # marker radius in points, plus a gap
+        places = [(r, 1, "left"), (r, -9, "left"), (-r, 1, "right"), (-r, -9, "right")]
+        for k, (dx, dy, ha) in enumerate(places):
+            text = ax.annotate(
+                class_name(c),
+                (agreement[c], ap[c]),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                fontsize=8,
+            )
+            box = text.get_window_extent(renderer)
+            if k == len(places) - 1 or not any(box.overlaps(b) for b in placed):
+                break
+            text.remove()
+        placed.append(box)
+    if n_truth:
+        ax.text(
+            0.01, 0.99, "point area ~ truth boxes", transform=ax.transAxes, va="top", fontsize=8
+        )
+    ax.grid(alpha=0.3)
+    return ax

@@ -18,7 +18,9 @@ import pytest
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID
 from cxrkit.metrics import (
     MapResult,
+    ap_at_ious,
     average_precision,
+    confusion_at_iou,
     iou_matrix,
     pr_curves,
     prepare_truth,
@@ -299,3 +301,52 @@ def test_reference_differs_when_rows_are_not_score_sorted():
     assert vinbigdata_map(preds, truth).ap[0] == 1.0
     assert reference_map(preds, truth)[1][0] == pytest.approx(0.5)
     assert reference_map(ref_order(preds, truth), truth)[1][0] == 1.0
+
+
+# ----------------------------------------------------------------- error analysis
+def test_ap_at_ious_separates_loose_boxes():
+    # truth 0..10 square; the prediction covers x 0..10, y 0..4.5: IoU 0.45
+    truth = truth_table([("a", 0, "R1", 0, 0, 10, 10), ("b", 14, "R1", 0, 0, 0, 0)])
+    preds = pred_table([("a", 0, 0.9, 0, 0, 10, 4.5), ("b", 14, 0.8, 0, 0, 1, 1)])
+    table = ap_at_ious(preds, truth, (0.1, 0.4, 0.5))
+    assert list(table.columns) == ["class_name", "AP@0.1", "AP@0.4", "AP@0.5"]
+    assert table.loc[0].tolist() == ["Aortic enlargement", 1.0, 1.0, 0.0]
+    assert table.loc[14, "AP@0.5"] == 1.0  # the No finding box always matches itself
+    assert table["AP@0.5"].mean() == pytest.approx(vinbigdata_map(preds, truth, 0.5).map)
+
+
+def test_confusion_at_iou_counts_the_best_overlapping_class():
+    ild, fibrosis, nodule = 5, 13, 8
+    truth = truth_table(
+        [
+            ("a", ild, "R1", 0, 0, 100, 100),  # fibrosis overlaps more than ILD
+            ("a", fibrosis, "R1", 200, 200, 300, 300),  # nothing near: none
+            ("b", ild, "R1", 0, 0, 100, 100),  # a nodule box on it: other
+            ("b", 3, "R1", 0, 0, 100, 100),  # class not asked for: ignored
+            ("c", 14, "R1", 0, 0, 0, 0),
+        ]
+    )
+    preds = pred_table(
+        [
+            ("a", fibrosis, 0.2, 0, 0, 100, 95),  # IoU 0.95
+            ("a", ild, 0.9, 0, 0, 100, 60),  # IoU 0.60
+            ("b", nodule, 0.5, 0, 0, 100, 40),  # IoU exactly 0.40: inclusive
+            ("c", 14, 1.0, 0, 0, 1, 1),
+        ]
+    )
+    table = confusion_at_iou(preds, truth, classes=[ild, fibrosis])
+    assert list(table.index) == ["ILD", "Pulmonary fibrosis"]
+    assert list(table.columns) == ["ILD", "Pulmonary fibrosis", "other", "none"]
+    assert table.loc["ILD"].tolist() == [0, 1, 1, 0]
+    assert table.loc["Pulmonary fibrosis"].tolist() == [0, 0, 0, 1]
+    # a score threshold removes the fibrosis box: the ILD box is then found as ILD
+    high = confusion_at_iou(preds, truth, classes=[ild, fibrosis], score_thr=0.3)
+    assert high.loc["ILD"].tolist() == [1, 0, 1, 0]
+    # a stricter IoU turns the 0.40 nodule overlap into a miss
+    strict = confusion_at_iou(preds, truth, classes=[ild, fibrosis], iou_thr=0.41)
+    assert strict.loc["ILD"].tolist() == [0, 1, 0, 1]
+    assert confusion_at_iou(preds, truth).to_numpy().sum() == 4  # every finding box once
+    with pytest.raises(ValueError, match="finding ids"):
+        confusion_at_iou(preds, truth, classes=[14])
+    with pytest.raises(ValueError, match="iou_thr"):
+        confusion_at_iou(preds, truth, iou_thr=0)

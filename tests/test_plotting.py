@@ -19,6 +19,7 @@ from cxrkit.labels import class_color  # noqa: E402
 from cxrkit.plotting import (  # noqa: E402
     draw_boxes,
     find_figures_dir,
+    plot_ap_vs_agreement,
     plot_box_stats,
     plot_class_counts,
     plot_history,
@@ -282,3 +283,20 @@ def test_class_legend_names_each_class_once():
         "Nodule/Mass",
     ]
     plt.close(fig)
+
+
+def test_plot_ap_vs_agreement_one_labelled_point_per_shared_class():
+    ap = {0: 0.5, 5: 0.1, 8: float("nan"), 14: 0.9}
+    agreement = {0: 0.7, 5: 1.0, 8: 0.6, 12: 0.0, 14: 1.0}
+    ax = plot_ap_vs_agreement(ap, agreement, n_truth={0: 12, 5: 2})
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert points.tolist() == [[0.7, 0.5], [1.0, 0.1]]  # NaN, No finding, unshared: out
+    assert [t.get_text() for t in ax.texts if t.get_text() in ("Aortic enlargement", "ILD")] == [
+        "Aortic enlargement",
+        "ILD",
+    ]
+    sizes = [c.get_sizes()[0] for c in ax.collections]
+    assert sizes[0] > sizes[1]  # more truth boxes, bigger point
+    assert to_hex(ax.collections[0].get_facecolor()[0]) == to_hex(class_color(0))
+    with pytest.raises(ValueError, match="no finding class"):
+        plot_ap_vs_agreement({14: 1.0}, {14: 1.0})
