@@ -81,6 +81,8 @@ _API: dict[str, str] = {
     "wbf_predictions": "postprocess",
     "merge_tta": "postprocess",
     "vinbigdata_map": "metrics",
+    "ap_at_ious": "metrics",
+    "confusion_at_iou": "metrics",
     "prediction_strings": "submission",
     "validate_submission": "submission",
     "write_submission": "submission",
@@ -92,6 +94,8 @@ _API: dict[str, str] = {
     "plot_history": "plotting",
     "plot_pr_curves": "plotting",
     "show_truth_vs_prediction": "plotting",
+    "add_class_legend": "plotting",
+    "plot_ap_vs_agreement": "plotting",
     "save_figure": "plotting",
 }
 

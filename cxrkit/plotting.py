@@ -35,6 +35,7 @@ __all__ = [
     "plot_history",
     "add_class_legend",
     "text_color_on",
+    "plot_ap_vs_agreement",
     "save_figure",
     "find_figures_dir",
 ]
