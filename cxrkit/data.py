@@ -58,7 +58,7 @@ def check_images_exist(image_dir: str | os.PathLike, image_ids: Iterable[str]) -
     """
     image_dir = Path(image_dir)
     present = {e.name for e in os.scandir(image_dir)} if image_dir.is_dir() else set()
-    missing = [f"{i}.png" for i in image_ids if f"{i}.png" not in present]
+    missing = sorted(f"{i}.png" for i in image_ids if f"{i}.png" not in present)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DatasetError(

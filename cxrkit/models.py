@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import urllib.error
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -372,17 +373,20 @@ def _first_sentences(exc: BaseException, limit: int = 300) -> str:
 def _unpickling_reason(exc: BaseException) -> str:
     """What torch's weights_only unpickler refused, without its advice to turn the check off.
 
-    torch's message is paragraphs: the advice ("Re-running torch.load with weights_only
-    set to False will likely succeed ... Do it only if you got the file from a trusted
-    source."), the reason, and a link. Only the reason is kept, whole.
+    torch's message is the advice ("Re-running torch.load with weights_only set to
+    False will likely succeed ... Do it only if you got the file from a trusted
+    source."), the reason (after "WeightsUnpickler error:" in some versions) and a
+    link. Only the reason's first sentence is kept, whole.
     """
-    paragraphs = [" ".join(p.split()) for p in str(exc).split("\n\n") if p.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of it for terminals
+    text = text.split("WeightsUnpickler error:", 1)[-1]
     advice = (_REFUSED, "Check the documentation")
-    reasons = [p for p in paragraphs if not p.startswith(advice)]
-    reason = " ".join(reasons).removeprefix("WeightsUnpickler error: ").strip()
-    if not reason:
-        return "it holds Python objects other than tensors and plain values."
-    return reason if reason.endswith(".") else reason + "."
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.strip().startswith(advice)]
+    reason = " ".join(paragraphs[0].split()) if paragraphs else ""
+    sentence = re.match(r"(.+?\.)(\s|$)", reason)
+    if sentence:
+        return sentence.group(1)
+    return reason + "." if reason else "it holds Python objects other than tensors."
 
 
 def state_dict_from_file(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
