@@ -33,7 +33,6 @@ from cxrkit.submission import parse_submission, validate_submission
 # predict: the other commands, the help and every bad-input message stay free of torch.
 
 DESCRIPTION = "Chest X-ray abnormality detection (VinBigData): data, training, submissions."
-COMMANDS = ("sample", "fuse", "preprocess", "train", "predict", "evaluate")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -245,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    sub = parser.add_subparsers(dest="command")  # none: main prints the help
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -305,10 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial weights: DEFAULT (COCO, downloaded), a local .pth file or checkpoint "
         "(default: none, random initial weights)",
     )  # fmt: skip
-    p.add_argument(
+    earlier_run = p.add_mutually_exclusive_group()
+    earlier_run.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt"
     )
-    p.add_argument(
+    earlier_run.add_argument(
         "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
     )
     p.add_argument(
@@ -361,13 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # How an OSError of the machine, not of cxrkit, reads: a full disk, a read-only folder.
 _FREE = "free some space or write elsewhere"
-_ELSEWHERE = "choose a folder you can write to"
+_RIGHTS = "check its permissions or choose another folder"
 DISK_PROBLEMS: dict[int, str] = {
     errno.ENOSPC: f"the disk is full; {_FREE}",
     getattr(errno, "EDQUOT", errno.ENOSPC): f"the disk quota is used up; {_FREE}",
-    errno.EROFS: f"the file system is read-only; {_ELSEWHERE}",
-    errno.EACCES: f"permission denied; {_ELSEWHERE}",
-    errno.EPERM: f"operation not permitted; {_ELSEWHERE}",
+    errno.EROFS: "the file system is read-only; choose a folder you can write to",
+    errno.EACCES: f"permission denied; {_RIGHTS}",
+    errno.EPERM: f"operation not permitted; {_RIGHTS}",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
 }

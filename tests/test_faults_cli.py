@@ -323,6 +323,7 @@ def test_evaluate_with_meta_refuses_boxes_beyond_the_image(scored):
         (["evaluate", "s.csv", "t.csv", "--iou", "0"], "argument --iou: must be > 0 and <= 1, got 0"),
         (["fuse", "t.csv", "f.csv", "--meta", "m.csv", "--iou", "2"], "argument --iou: must be > 0 and <= 1, got 2"),
         (["preprocess", "src", "out", "--size", "0"], "argument --size: must be a whole number > 0"),
+        (["train", "d", "a.csv", "--out", "o", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, args, message):
@@ -376,7 +377,7 @@ def _fuse_args(tmp_path: Path, out: Path) -> list[str]:
     [
         (errno.ENOSPC, "the disk is full; free some space or write elsewhere (errno ENOSPC)"),
         (errno.EROFS, "the file system is read-only; choose a folder you can write to (errno EROFS)"),
-        (errno.EACCES, "permission denied; choose a folder you can write to (errno EACCES)"),
+        (errno.EACCES, "permission denied; check its permissions or choose another folder (errno EACCES)"),
     ],
 )  # fmt: skip
 def test_a_full_disk_or_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys, code, reason):
