@@ -133,6 +133,43 @@ def test_two_trainings_into_one_folder_at_once(preprocessed, sample_data, tmp_pa
     assert {"last.pt", "best.pt", "history.csv", "split.csv"} <= {p.name for p in run.iterdir()}
 
 
+HELD_UNDER_TORCHRUN = """
+import os, sys
+from pathlib import Path
+from cxrkit.errors import OverwriteError
+from cxrkit.train import train_from_folder
+
+pre, csv, run = map(Path, sys.argv[1:4])
+try:
+    train_from_folder(pre, csv, run, epochs=1, batch_size=2, size=64)
+except OverwriteError as exc:
+    (run.parent / f"refused-rank{os.environ['RANK']}.txt").write_text(str(exc))
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_takes_the_lock_and_every_rank_refuses(
+    preprocessed, sample_data, tmp_path
+):
+    script, run = tmp_path / "script.py", tmp_path / "run"
+    script.write_text(HELD_UNDER_TORCHRUN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    with run_lock(run):
+        start = time.monotonic()
+        proc = subprocess.run(
+            [*cmd, str(script), str(preprocessed), str(sample_data / "train.csv"), str(run)],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
+        )  # fmt: skip
+        seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    refused = {r: (tmp_path / f"refused-rank{r}.txt").read_text() for r in (0, 1)}
+    assert f"pid {os.getpid()} on host" in refused[0]
+    assert refused[1] == f"{run} is in use by another training"  # told by rank 0
+    assert seconds < 120  # nobody waited for a rank that had stopped
+    assert list(run.iterdir()) == []
+
+
 # ------------------------------- 2, 11, 13. a finished run: overwrite, resume, its settings
 
 
