@@ -9,6 +9,7 @@ file, never a truncated output that looks whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +29,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = ".tmp" + path.suffix  # e.g. ".tmp.png": still ends in the real extension
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; give the result the usual permissions (0666 minus umask).
@@ -38,9 +42,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise _naming(exc, path) from exc
         raise
+
+
+# A write that fails for one of these reasons is reported with the destination's
+# name, not the temporary file's (which no longer exists) or none (a failed write()).
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as the same kind of OSError, naming ``path``."""
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno or 0), str(path))
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, **to_csv_kwargs) -> Path:

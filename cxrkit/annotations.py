@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrkit._progress import tqdm
 from cxrkit.errors import AnnotationError
-from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes
+from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes, path_like_ids
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 FUSED_RAD_ID = "wbf"
+_PATH_ID = "image_id is a path, not a name (an id must not hold '/', '\\' or '..')"
 _MAX_LISTED = 5  # problems spelled out in one error message
 
 
@@ -277,6 +278,7 @@ def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, n
     image_ids = df["image_id"].astype(object).where(~id_blank, "").astype(str).str.strip()
     problems = _Problems(image_ids.to_numpy())
     problems.report(id_blank, lambda p: "image_id is empty")
+    problems.report(path_like_ids(image_ids).to_numpy(), lambda p: _PATH_ID)
     cls_int, cls_ok = _check_classes(df, problems)
     coords, present, any_bad_number = _check_numbers(df, problems)
     _check_boxes(cls_int, cls_ok, coords, present, any_bad_number, problems)
@@ -344,6 +346,8 @@ def validate_meta(df: pd.DataFrame, source: str = "meta") -> pd.DataFrame:
     problems: list[tuple[int, str, str]] = []
     for pos in np.flatnonzero(blank):
         problems.append((int(pos), "", "image_id is empty"))
+    for pos in np.flatnonzero(path_like_ids(ids).to_numpy()):
+        problems.append((int(pos), ids.iloc[pos], _PATH_ID))
     dup = ids.duplicated(keep="first").to_numpy() & ~blank
     for pos in np.flatnonzero(dup):
         first = int(np.flatnonzero(ids.to_numpy() == ids.iloc[pos])[0])
@@ -445,6 +449,8 @@ def _refuse_outside(
 def check_boxes_inside(
     annotations: pd.DataFrame | str | os.PathLike,
     meta: pd.DataFrame | str | os.PathLike,
+    *,
+    skip_unknown: bool = False,
 ) -> pd.DataFrame:
     """Load ``annotations`` and refuse any box reaching beyond its image; return the table.
 
@@ -453,11 +459,18 @@ def check_boxes_inside(
     its image means a wrong meta table or a wrong row, and clipping it silently
     would train on (or score against) a box nobody drew. The
     :class:`AnnotationError` names the file, the CSV line and the image.
+    ``skip_unknown=True`` leaves out the rows of images that ``meta`` lacks (a
+    caller that trains without them) instead of refusing them.
     """
     ann, source, lines = _load_with_lines(annotations)
-    hw, outside = _boxes_outside(ann, load_meta(meta), "to check boxes")
+    meta = load_meta(meta)
+    checked, checked_lines = ann, lines
+    if skip_unknown:
+        known = ann["image_id"].isin(set(meta["image_id"])).to_numpy()
+        checked, checked_lines = ann[known].reset_index(drop=True), lines[known]
+    hw, outside = _boxes_outside(checked, meta, "to check boxes")
     if outside.any():
-        _refuse_outside(source, ann, lines, hw, outside)
+        _refuse_outside(source, checked, checked_lines, hw, outside)
     return ann
 
 

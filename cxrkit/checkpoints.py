@@ -24,6 +24,7 @@ from cxrkit.errors import CheckpointError
 from cxrkit.models import (
     MODEL_NAMES,
     build_model,
+    check_finite,
     check_state_matches,
     classes_in_state,
     read_weights_file,
@@ -119,8 +120,10 @@ def save_checkpoint(
         "rng": rng_state(),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        # through a Python file: a full disk is then an OSError (ENOSPC), not torch's
+        # RuntimeError "unexpected pos ..."
+        torch.save(state, file)
     return Path(path)
 
 
@@ -182,6 +185,7 @@ def load_checkpoint(
     obj = read_weights_file(path, map_location)
     if _is_cxrkit_checkpoint(obj, path):
         ckpt = _upgrade(dict(obj))
+        check_finite(ckpt.get("model") or {}, path)
     else:
         ckpt = {"model": state_dict_from_file(path), "model_name": None, "epoch": 0}
         ckpt["num_classes"] = classes_in_state(ckpt["model"], path)
@@ -242,5 +246,6 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") ->
     if name != "cxr_small" and not any(k.endswith("num_batches_tracked") for k in state):
         model = to_pretrained_layout(model, name)  # trained from COCO: FrozenBatchNorm
     check_state_matches(model, state, path, repr(name))
+    check_finite(state, path)
     model.load_state_dict(state)
     return model

@@ -1,31 +1,38 @@
-"""The command line: ``python -m cxrkit COMMAND ...`` (or ``cxrkit COMMAND``).
+"""The command line: python -m cxrkit COMMAND ... (or cxrkit COMMAND).
 
 Each command is a thin wrapper over a library function, so a notebook, a script
-and the shell all run the same code. Expected failures (any
-:class:`cxrkit.errors.CxrkitError`: bad input files, a missing decoder, a malformed
-submission; or a missing file) print one clear line and exit with status 2
-instead of a traceback.
+and the shell all run the same code. Arguments are checked before any work
+starts. Expected failures (any :class:`cxrkit.errors.CxrkitError`: bad input
+files, a missing decoder, a malformed submission; a missing file; a full disk or
+a read-only folder) print one clear line and exit with status 2 instead of a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from cxrkit._atomic import write_csv_atomic
-from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
+from cxrkit.model_names import MODEL_NAMES
 from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
-from cxrkit.submission import parse_submission, read_submission
+from cxrkit.submission import parse_submission, validate_submission
 
 # cxrkit.train (and through it torch) is imported inside the commands that train or
-# predict: the other commands, and every bad-input message, stay free of torch.
+# predict: the other commands, the help and every bad-input message stay free of torch.
+
+DESCRIPTION = "Chest X-ray abnormality detection (VinBigData): data, training, submissions."
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -82,6 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         weights=args.weights,
         resume=args.resume,
+        overwrite=args.overwrite,
         lr=args.lr,
         valid_fraction=args.valid_fraction,
         seed=args.seed,
@@ -109,8 +117,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    submission = read_submission(args.submission_csv)
     truth = load_annotations(args.truth_csv)
+    meta = None
+    if args.meta is not None:
+        meta = load_meta(args.meta)
+        check_boxes_inside(args.truth_csv, meta)
+    # a row for every truth image and no other; with a meta table, boxes inside their image
+    submission = validate_submission(
+        args.submission_csv, image_ids=truth["image_id"].unique(), meta=meta
+    )
     result = vinbigdata_map(parse_submission(submission), truth, iou_thr=args.iou)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -120,81 +135,270 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------- argument checks
+# Each is an argparse ``type=``: a bad value is refused in one line before any work.
+
+
+def positive_int(text: str) -> int:
+    """A whole number > 0 (sizes, counts, epochs)."""
+    value = _number(text, int, "a whole number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (worker processes, image counts)."""
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate, minutes)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def fraction_open(text: str) -> float:
+    """A fraction strictly between 0 and 1 (the share of images that validate)."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    return value
+
+
+def iou_threshold(text: str) -> float:
+    """An IoU threshold in (0, 1]."""
+    value = _number(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: it may not exist yet, but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: it must not be an existing folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give the path of a file")
+    return path
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+# ------------------------------------------------------------------ the parser
+PROG = "python -m cxrkit"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``cxrkit COMMAND: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        name = f"cxrkit {command}" if command else "cxrkit"
+        self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help states it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+EPILOG = """\
+examples:
+  python -m cxrkit sample data/sample
+  python -m cxrkit preprocess data/sample data/png --size 256
+  python -m cxrkit train data/png data/sample/train.csv --out runs/a --epochs 10
+  python -m cxrkit predict runs/a/best.pt data/png --out submission.csv
+  python -m cxrkit evaluate submission.csv data/sample/test_labels.csv
+
+Run "python -m cxrkit COMMAND --help" for the options of a command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed so tests and docs can inspect it."""
-    parser = argparse.ArgumentParser(prog="python -m cxrkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")  # none: main prints the help
 
-    p = sub.add_parser("sample", help="write a small synthetic dataset in the VinBigData layout")
-    p.add_argument("out", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=200)
-    p.add_argument("--n-test", type=int, default=50)
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
+
+    p = command("sample", "write a small synthetic dataset in the VinBigData layout")
+    p.add_argument("out", type=Path, help="folder to write (empty, or an earlier sample)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same files")
+    p.add_argument(
+        "--n-train", type=non_negative_int, default=200, help="number of training DICOMs"
+    )
+    p.add_argument("--n-test", type=non_negative_int, default=50, help="number of test DICOMs")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("fuse", help="fuse the radiologists' boxes with weighted boxes fusion")
-    p.add_argument("train_csv", type=Path)
-    p.add_argument("out_csv", type=Path)
+    p = command("fuse", "fuse the radiologists' boxes with weighted boxes fusion")
+    p.add_argument("train_csv", type=Path, help="annotations in train.csv columns")
+    p.add_argument("out_csv", type=output_file, help="fused table to write (not an input)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--meta", type=Path, help="CSV with image_id,dim0,dim1 (rows, columns)")
+    source.add_argument(
+        "--meta", type=Path, help="CSV with image_id,dim0,dim1 (rows, columns of the originals)"
+    )
     source.add_argument("--dicoms", type=Path, help="folder of .dicom files to read sizes from")
-    p.add_argument("--iou", type=float, default=0.4)
+    p.add_argument(
+        "--iou", type=iou_threshold, default=0.4, help="IoU above which boxes fuse, in (0, 1]"
+    )
     p.set_defaults(func=_cmd_fuse)
 
-    p = sub.add_parser("preprocess", help="convert DICOMs to resized 8-bit PNGs + meta tables")
-    p.add_argument("src", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=512)
+    p = command("preprocess", "convert DICOMs to resized 8-bit PNGs + meta tables")
+    p.add_argument("src", type=Path, help="folder with train/ and/or test/ of .dicom files")
+    p.add_argument("out", type=output_folder, help="folder to write PNGs and meta tables into")
+    p.add_argument("--size", type=positive_int, default=512, help="side of the PNGs in pixels")
     p.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+        "--workers", type=positive_int, default=None, help="worker processes (default: all cores)"
     )
     p.add_argument(
         "--keep-aspect", action="store_true", help="longest side = size instead of square"
     )
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("train", help="train a Faster R-CNN on a preprocessed folder")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("annotations_csv", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--model", default="cxr_small")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--weights", default=None, help='"DEFAULT" (COCO), a local .pth file, or none')
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--valid-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+    p = command("train", "train a Faster R-CNN on a preprocessed folder")
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
     p.add_argument(
-        "--size", type=int, default=None, help="training image size (default: per model)"
+        "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
     )
+    p.add_argument(
+        "--out", type=output_folder, required=True, help="run folder for checkpoints and history"
+    )
+    p.add_argument(
+        "--model", choices=MODEL_NAMES, default="cxr_small", metavar="NAME",
+        help=f"detector, one of: {', '.join(MODEL_NAMES)}",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train in all")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per step")
+    p.add_argument(
+        "--weights", default=None,
+        help="initial weights: DEFAULT (COCO, downloaded), a local .pth file or checkpoint "
+        "(default: none, random initial weights)",
+    )  # fmt: skip
+    earlier_run = p.add_mutually_exclusive_group()
+    earlier_run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt"
+    )
+    earlier_run.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
+    )
+    p.add_argument(
+        "--lr", type=positive_float, default=None,
+        help="learning rate (default: per model, 0.02 for cxr_small, 0.005 for the others)",
+    )  # fmt: skip
+    p.add_argument(
+        "--valid-fraction", type=fraction_open, default=0.2,
+        help="share of the images that validate, between 0 and 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, default=42, help="random seed of the split, augmentation and model"
+    )
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0,
+        help="DataLoader worker processes (0: load in the main process)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-minutes", type=positive_float, default=None,
+        help="stop before an epoch that would end later (default: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--size", type=positive_int, default=None,
+        help="training image side in pixels (default: per model, 256 for cxr_small, 512 for "
+        "the others)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("predict", help="predict a split and write a submission CSV")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--split", default="test")
+    p = command("predict", "predict a split and write a submission CSV")
+    p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (SPLIT/*.png, SPLIT_meta.csv)")
+    p.add_argument("--out", type=output_file, required=True, help="submission CSV to write")
+    p.add_argument("--split", default="test", help="the split of data_dir to predict")
     p.add_argument("--tta", action="store_true", help="average with a horizontal flip")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("evaluate", help="score a submission with the competition metric")
-    p.add_argument("submission_csv", type=Path)
+    p = command("evaluate", "score a submission with the competition metric")
+    p.add_argument("submission_csv", type=Path, help="submission with a row for each truth image")
     p.add_argument("truth_csv", type=Path, help="truth in train.csv columns (e.g. test_labels.csv)")
-    p.add_argument("--iou", type=float, default=0.4)
+    p.add_argument(
+        "--meta", type=Path, default=None,
+        help="CSV with image_id,dim0,dim1: refuse boxes beyond their image (default: not checked)",
+    )  # fmt: skip
+    p.add_argument("--iou", type=iou_threshold, default=0.4, help="IoU a hit needs, in (0, 1]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
+# How an OSError of the machine, not of cxrkit, reads: a full disk, a read-only folder.
+_FREE = "free some space or write elsewhere"
+_RIGHTS = "check its permissions or choose another folder"
+DISK_PROBLEMS: dict[int, str] = {
+    errno.ENOSPC: f"the disk is full; {_FREE}",
+    getattr(errno, "EDQUOT", errno.ENOSPC): f"the disk quota is used up; {_FREE}",
+    errno.EROFS: "the file system is read-only; choose a folder you can write to",
+    errno.EACCES: f"permission denied; {_RIGHTS}",
+    errno.EPERM: f"operation not permitted; {_RIGHTS}",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+}
+
+
+def _one_line(message: str) -> str:
+    """A message as one line: the lines of a listed message joined with '; '."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no command: the help, not an error
+        parser.print_help()
+        return 2
     try:
         return args.func(args)
     except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line
-        print(f"cxrkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)
+    except OSError as exc:
+        if exc.errno not in DISK_PROBLEMS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        message = f"{where}{DISK_PROBLEMS[exc.errno]} (errno {code})"
+    print(f"cxrkit {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2

@@ -9,7 +9,7 @@ images. :class:`TestDataset` serves unlabelled images; :func:`split` stratifies.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,24 @@ def read_png(path: Path) -> np.ndarray:
     if image is None:
         raise DatasetError(f"image {path} cannot be decoded (corrupt or not an image)")
     return image
+
+
+def check_images_exist(image_dir: str | os.PathLike, image_ids: Iterable[str]) -> None:
+    """Refuse to start when a PNG is missing, instead of failing an epoch later.
+
+    Raises :class:`DatasetError` with the count of missing images and the first
+    five names.
+    """
+    image_dir = Path(image_dir)
+    present = {e.name for e in os.scandir(image_dir)} if image_dir.is_dir() else set()
+    missing = sorted(f"{i}.png" for i in image_ids if f"{i}.png" not in present)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(
+            f"{len(missing)} image(s) are missing from {image_dir}: {', '.join(missing[:5])}"
+            f"{more}; preprocess the DICOMs again (python -m cxrkit preprocess RAW_DIR "
+            "DATA_DIR) or leave these images out of the tables"
+        )
 
 
 def to_image_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:

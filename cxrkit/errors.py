@@ -63,8 +63,9 @@ class PreprocessError(CxrkitError, RuntimeError):
 
 
 class OverwriteError(CxrkitError, FileExistsError):
-    """An output would replace what must be kept: an input of the same command, or
-    a non-empty folder that cxrkit did not write."""
+    """An output would replace what must be kept: an input of the same command, a
+    non-empty folder that cxrkit did not write, a finished run (without ``--resume``
+    or ``--overwrite``) or a run folder another training is writing."""
 
 
 # ---------------------------------------------------------------------- tables

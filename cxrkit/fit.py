@@ -159,8 +159,30 @@ def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any], epochs: in
             if saved.get("schedule") == now.get("schedule") == "cosine":
                 problems.append(_cosine_problem(int(saved[key]), epochs))
             continue
-        problems.append(f"{key}: the run used {saved[key]!r}, this call asks for {new!r}")
+        why = SPLIT_SETTINGS.get(key, "")
+        problems.append(f"{key}: the run used {saved[key]!r}, this call asks for {new!r}{why}")
     return problems
+
+
+# Why a different seed or validation fraction cannot resume: they choose the split.
+SPLIT_SETTINGS = {
+    "seed": " (the seed chooses the train/valid split and every random draw)",
+    "valid_fraction": " (the validation fraction sets the train/valid split)",
+}
+
+
+def refuse_other_settings(
+    path: Path, saved: Mapping[str, Any], now: Mapping[str, Any], epochs: int
+) -> None:
+    """Raise one :class:`ResumeError` listing every setting (:func:`resume_problems`)
+    in which this call differs from the run saved in ``path``."""
+    problems = resume_problems(saved, now, epochs)
+    if problems:
+        raise ResumeError(
+            f"cannot resume {path} with other settings: "
+            + "; ".join(problems)
+            + ". Use the run's settings, or another output folder for a new run."
+        )
 
 
 @dataclass
@@ -198,13 +220,7 @@ def _resume(
             print(f"resume: no {last_path} yet, starting from epoch 1")
         return _RunState()
     ckpt = load_checkpoint(last_path, map_location=device)
-    problems = resume_problems(ckpt.get("config") or {}, settings, epochs)
-    if problems:
-        raise ResumeError(
-            f"cannot resume {last_path} with other settings: "
-            + "; ".join(problems)
-            + ". Use the run's settings, or another output folder for a new run."
-        )
+    refuse_other_settings(last_path, ckpt.get("config") or {}, settings, epochs)
     model, optimizer, scheduler, scaler = parts
     load_into_model(model, ckpt, last_path)
     if ckpt.get("optimizer") is not None:

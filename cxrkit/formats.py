@@ -27,6 +27,7 @@ __all__ = [
     "SUBMISSION_COLUMNS",
     "NO_FINDING_BOX",
     "image_sizes",
+    "path_like_ids",
 ]
 
 BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
@@ -61,3 +62,17 @@ def image_sizes(meta: pd.DataFrame | Mapping[Any, Any]) -> dict[str, tuple[int, 
     for i, h, w in zip(table["image_id"], table["dim0"], table["dim1"], strict=True):
         sizes.setdefault(str(i), (int(h), int(w)))
     return sizes
+
+
+# An image id names a file (``<id>.png``, ``<id>.dicom``) inside a split folder; with
+# one of these in it, it would name a file elsewhere (``../train/<id>``).
+PATH_PARTS: tuple[str, ...] = ("/", "\\", "..")
+
+
+def path_like_ids(image_ids: pd.Series) -> pd.Series:
+    """True where an image id is a path rather than a name (holds ``/``, ``\\`` or ``..``).
+
+    >>> path_like_ids(pd.Series(["a1b2", "../train/a1b2", "x\\y"])).tolist()
+    [False, True, True]
+    """
+    return image_ids.astype(str).map(lambda i: any(part in i for part in PATH_PARTS)).astype(bool)

@@ -10,6 +10,8 @@ Training checkpoints are :mod:`cxrkit.checkpoints`.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import urllib.error
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,13 +30,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cxrkit.errors import CheckpointError, WeightsError
 from cxrkit.labels import MODEL_NUM_CLASSES
+from cxrkit.model_names import MODEL_NAMES as MODEL_NAMES  # re-exported
 
-MODEL_NAMES: tuple[str, ...] = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "cxr_small",
-)
 CXR_SMALL_SIZE = 256  # default input side of cxr_small, in pixels
 
 # Box sizes as fractions of the image side, one pair per feature level (strides 8, 16,
@@ -346,10 +343,50 @@ def read_weights_file(path: Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a broken or foreign file
+        reason = f"{type(exc).__name__}: {_first_sentences(exc)}"
+        if isinstance(exc, pickle.UnpicklingError) and str(exc).startswith(_REFUSED):
+            reason = _unpickling_reason(exc)
+            if "global" in reason.lower():  # it asks to import and call Python code
+                raise CheckpointError(
+                    f"checkpoint {path} was refused: {reason} A weights file never needs "
+                    "this, and loading it with weights_only=False could run code hidden in "
+                    "it; use a checkpoint written by cxrkit or torch.save(model.state_dict())"
+                ) from exc
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc)[:300]}); "
-            "the file is corrupt, truncated, or not a PyTorch state_dict/cxrkit checkpoint"
+            f"checkpoint {path} could not be read ({reason}); the file is corrupt, "
+            "truncated, or not a PyTorch state_dict/cxrkit checkpoint"
         ) from exc
+
+
+_REFUSED = "Weights only load failed"  # how torch's weights_only refusals begin
+
+
+def _first_sentences(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error message, cut after a whole sentence if longer than ``limit``."""
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[: end + 1] if end > 0 else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """What torch's weights_only unpickler refused, without its advice to turn the check off.
+
+    torch's message is the advice ("Re-running torch.load with weights_only set to
+    False will likely succeed ... Do it only if you got the file from a trusted
+    source."), the reason (after "WeightsUnpickler error:" in some versions) and a
+    link. Only the reason's first sentence is kept, whole.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of it for terminals
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    advice = (_REFUSED, "Check the documentation")
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.strip().startswith(advice)]
+    reason = " ".join(paragraphs[0].split()) if paragraphs else ""
+    sentence = re.match(r"(.+?\.)(\s|$)", reason)
+    if sentence:
+        return sentence.group(1)
+    return reason + "." if reason else "it holds Python objects other than tensors."
 
 
 def state_dict_from_file(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
@@ -366,7 +403,26 @@ def state_dict_from_file(path: Path, expected_name: str | None = None) -> dict[s
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no model state_dict (got {type(obj).__name__})")
+    check_finite(obj, path)
     return dict(obj)
+
+
+def check_finite(state: Mapping[str, Any], path: Any) -> None:
+    """Refuse weights with NaN or infinite values, naming the file and the first bad tensor.
+
+    Such a model predicts nothing useful (every score NaN, so every image gets the
+    same "No finding" row), yet would write a submission that looks whole.
+    """
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - finite.sum())
+                raise CheckpointError(
+                    f"checkpoint {path} has non-finite weights: {key} holds {bad} NaN or "
+                    f"infinite value(s) of {value.numel()} (the training diverged); use an "
+                    "earlier checkpoint, or train again with a lower --lr"
+                )
 
 
 def classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:

@@ -317,7 +317,13 @@ def _check_settings(out: Path, size: int, keep_aspect: bool) -> None:
     settings = {"size": size, "keep_aspect": keep_aspect, "format_version": FORMAT_VERSION}
     path = out / STATE_DIR / "settings.json"
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise PreprocessError(
+                f"{path} is corrupt ({exc}), so the size of the PNGs already in {out} is "
+                "unknown: use another output folder (or delete this one)"
+            ) from None
         if old != settings:
             raise PreprocessError(
                 f"{out} was made with {old}, not {settings}: use another output folder "

@@ -22,6 +22,7 @@ from cxrkit.formats import (
     PREDICTION_COLUMNS,
     SUBMISSION_COLUMNS,
     image_sizes,
+    path_like_ids,
 )
 from cxrkit.labels import NO_FINDING_ID, NUM_CLASSES
 
@@ -317,6 +318,11 @@ def _validate(
     dup = ids[ids.duplicated()]
     if len(dup):
         errors.append(f"{source}: duplicate image id(s) {list(pd.unique(dup)[:5])}")
+    for i in np.flatnonzero(path_like_ids(ids).to_numpy())[:MAX_LISTED_ERRORS]:
+        errors.append(
+            f"{source}: row {i} (image_id {ids.iloc[i]}): the id is a path, not a name "
+            "(an id must not hold '/', '\\' or '..')"
+        )
     if image_ids is not None:
         expected = pd.Index([str(i) for i in image_ids])
         missing = expected.difference(ids)

@@ -10,10 +10,11 @@ checkpoint and a preprocessed test folder into a Kaggle submission.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,17 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrkit._atomic import write_csv_atomic
-from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
+from cxrkit._runlock import run_lock
+from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
 from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint
-from cxrkit.data import TestDataset, XrayDataset, collate_fn, worker_init_fn
+from cxrkit.data import TestDataset, XrayDataset, check_images_exist, collate_fn, worker_init_fn
 from cxrkit.data import split as split_ids
-from cxrkit.distributed import DistInfo, cleanup_distributed, setup_distributed
+from cxrkit.distributed import DistInfo, broadcast_flag, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
-from cxrkit.errors import AnnotationError, ResumeError
-from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler
-from cxrkit.models import build_model
+from cxrkit.errors import AnnotationError, CheckpointError, OverwriteError, ResumeError
+from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_other_settings
+from cxrkit.labels import MODEL_NUM_CLASSES
+from cxrkit.models import build_model, classes_in_state
 from cxrkit.submission import prediction_strings, write_submission
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
@@ -118,7 +121,11 @@ def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame)
             )
     readers = table.groupby("image_id")["rad_id"].nunique()
     if (readers > 1).any() and not (table["rad_id"].astype(str) == "wbf").all():
-        table = fuse_boxes(table, meta)
+        table = fuse_boxes(table, meta)  # refuses a box beyond its image
+    else:  # used as it is (e.g. already fused): refuse the same boxes fuse_boxes would
+        with warnings.catch_warnings():  # read twice: warn about duplicate rows once
+            warnings.simplefilter("ignore")
+            check_boxes_inside(annotations_csv, meta, skip_unknown=True)
     return table
 
 
@@ -140,8 +147,9 @@ def _keep_split(
             moved = len(set(map(tuple, old.values)) ^ set(map(tuple, table.values)))
             raise ResumeError(
                 f"cannot resume {path.parent}: the train/valid split differs from the run's "
-                f"{path.name} ({moved} row(s) differ), so the annotations or the preprocessed "
-                "folder changed. Use the run's data, or another output folder for a new run."
+                f"{path.name} ({moved} row(s) differ) although the seed and the validation "
+                "fraction are the run's, so the annotations or the preprocessed folder "
+                "changed. Use the run's data, or another output folder for a new run."
             )
     if write:
         write_csv_atomic(table, path)
@@ -207,6 +215,58 @@ def _build_for_training(cfg: TrainConfig, device: torch.device, info: DistInfo) 
     return model
 
 
+RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what makes a folder hold a run
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out: Path, info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock (:func:`cxrkit._runlock.run_lock`); when it
+    cannot, every rank refuses (no rank is left waiting for the others)."""
+    with contextlib.ExitStack() as stack:
+        refusal: OverwriteError | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(run_lock(out))
+            except OverwriteError as exc:
+                refusal = exc
+        if broadcast_flag(refusal is not None, device):
+            raise refusal or OverwriteError(f"{out} is in use by another training")
+        yield
+
+
+def _prepare_run_folder(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> None:
+    """Refuse to replace a finished run unless asked; remove what an interrupted
+    checkpoint write left (``.last.pt.*.tmp.pt``). Called with the folder locked."""
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if found and not resume and not overwrite:
+        raise OverwriteError(
+            f"{out} already holds a run ({', '.join(found)}): continue it with --resume "
+            "(resume=True), train the new model into a new output folder, or replace the "
+            "run with --overwrite (overwrite=True)"
+        )
+    if not info.is_main:
+        return
+    if found and overwrite and not resume:
+        for name in found:
+            (out / name).unlink()
+        print(f"{out}: removed the earlier run's {', '.join(found)} (--overwrite)")
+    partial = sorted(p for name in (*RUN_FILES, "split.csv") for p in out.glob(f".{name}.*.tmp*"))
+    for p in partial:
+        p.unlink(missing_ok=True)
+    if partial:
+        names = ", ".join(p.name for p in partial)
+        print(f"{out}: removed {len(partial)} partial file(s) of an interrupted write ({names})")
+
+
+def _refuse_other_split_settings(out: Path, cfg: TrainConfig) -> None:
+    """On resume, compare the run's settings first: a different seed or validation
+    fraction is then named as the cause, before the split it changes is compared."""
+    last = out / "last.pt"
+    if last.is_file():
+        saved = load_checkpoint(last).get("config") or {}
+        refuse_other_settings(last, saved, asdict(cfg), cfg.epochs)
+
+
 def _read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
     """The PNG folder and the meta table of a preprocessed folder."""
     meta_path = data / "train_meta.csv"
@@ -225,6 +285,7 @@ def train_from_folder(
     config: TrainConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     max_minutes: float | None = None,
     **settings: Any,
 ) -> FitResult:
@@ -241,7 +302,10 @@ def train_from_folder(
     The settings are a :class:`TrainConfig` (``config``), changed by keyword
     (``settings``: ``model_name=``, ``epochs=``, ``lr=``, ``size=``...). ``resume=True``
     continues ``out_dir/last.pt`` and raises :class:`ResumeError` if the settings or
-    the split differ from the run's. ``max_minutes`` bounds the whole run.
+    the split differ from the run's. A folder that already holds a run is refused
+    (:class:`OverwriteError`) unless ``resume=True`` or ``overwrite=True`` (which
+    replaces it), and so is a folder another training is writing (its lock file names
+    the pid). ``max_minutes`` bounds the whole run.
 
     Under ``torchrun`` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel:
     each process sees a different shard of the images (``DistributedSampler``),
@@ -249,35 +313,44 @@ def train_from_folder(
     """
     t_start = time.monotonic()
     cfg = replace(config or TrainConfig(), **settings).resolved()
+    out = Path(out_dir)
     info = setup_distributed()
     try:
         device = try_gpu(info.local_rank)
-        seed_everything(cfg.seed)
-        data = Path(data_dir)
-        image_dir, meta = _read_folder(data)
-        table = _read_training_table(annotations_csv, meta)
-        split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
-        _keep_split(Path(out_dir) / "split.csv", *split, resume, info.is_main)
-        train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-        model = _build_for_training(cfg, device, info)
-        if info.is_main:
-            print(
-                f"training {cfg.model_name} on {len(train_loader.dataset)} images, validating on "
-                f"{len(valid_loader.dataset)} ({cfg.size} px, batch {cfg.batch_size}, lr {cfg.lr}, "
-                f"device {device}{f', {info.world_size} processes' if info.enabled else ''})"
+        with _run_folder_lock(out, info, device):
+            _prepare_run_folder(out, resume, overwrite, info)
+            seed_everything(cfg.seed)
+            data = Path(data_dir)
+            image_dir, meta = _read_folder(data)
+            table = _read_training_table(annotations_csv, meta)
+            split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+            check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
+            if resume:
+                _refuse_other_split_settings(out, cfg)
+            _keep_split(out / "split.csv", *split, resume, info.is_main)
+            train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
+            model = _build_for_training(cfg, device, info)
+            if info.is_main:
+                print(
+                    f"training {cfg.model_name} on {len(train_loader.dataset)} images, "
+                    f"validating on {len(valid_loader.dataset)} ({cfg.size} px, batch "
+                    f"{cfg.batch_size}, lr {cfg.lr}, device {device}"
+                    f"{f', {info.world_size} processes' if info.enabled else ''})"
+                )
+            optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+            scheduler = make_scheduler(
+                optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma
             )
-        optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
-        scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma)
-        run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
-        budget = None
-        if max_minutes is not None:
-            budget = max_minutes - (time.monotonic() - t_start) / 60
-        return fit(
-            model, train_loader, valid_loader, out_dir, cfg.epochs, device, optimizer, scheduler,
-            resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
-            max_grad_norm=cfg.max_grad_norm, max_minutes=budget,
-            config={**asdict(cfg), **run, "world_size": info.world_size},
-        )  # fmt: skip
+            run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
+            budget = None
+            if max_minutes is not None:
+                budget = max_minutes - (time.monotonic() - t_start) / 60
+            return fit(
+                model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
+                scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
+                max_grad_norm=cfg.max_grad_norm, max_minutes=budget,
+                config={**asdict(cfg), **run, "world_size": info.world_size},
+            )  # fmt: skip
     finally:
         cleanup_distributed(info)
 
@@ -306,7 +379,14 @@ def predict_to_submission(
     with ``data_dir/{split}_meta.csv``, and every image gets its findings plus a
     ``14 p 0 0 1 1`` No finding entry (:func:`cxrkit.submission.prediction_strings`).
     """
-    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing or corrupt
+    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
+    classes = classes_in_state(ckpt["model"], checkpoint)
+    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
+        raise CheckpointError(
+            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
+            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
+            "another task and cannot write a valid submission"
+        )
     model = model_from_checkpoint(checkpoint)
     size = checkpoint_size(ckpt)
     data = Path(data_dir)
@@ -316,9 +396,9 @@ def predict_to_submission(
             f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
         )
     meta = load_meta(meta_path)
-    dataset = TestDataset(
-        data / split, ids=list(meta["image_id"].astype(str)), transforms=test_transforms(size)
-    )
+    ids = list(meta["image_id"].astype(str))
+    check_images_exist(data / split, ids)
+    dataset = TestDataset(data / split, ids=ids, transforms=test_transforms(size))
     device = try_gpu()
     model.to(device)
     preds = predict(
