@@ -178,7 +178,7 @@ def torch_check() -> Check:
     """torch's build (CPU-only or CUDA) and the device training will use."""
     try:
         import torch
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: a CUDA library of the wheel is broken
         return Check(
             "torch build", False, f"torch does not import ({exc})", (requirement("torch"),)
         )
