@@ -36,6 +36,7 @@ _API: dict[str, str] = {
     "try_gpu": "utils",
     "setup_notebook": "utils",
     "check_range": "utils",
+    "check_environment": "doctor",
     # DICOM
     "read_xray": "dicom",
     "read_header": "dicom",
@@ -72,6 +73,7 @@ _API: dict[str, str] = {
     "fit": "fit",
     "make_optimizer": "fit",
     "make_scheduler": "fit",
+    "choose_profile": "profiles",
     "TrainConfig": "train",
     "train_from_folder": "train",
     "predict_to_submission": "train",

@@ -22,11 +22,13 @@ from typing import Any, NoReturn
 
 from cxrkit._atomic import write_csv_atomic
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
+from cxrkit.doctor import check_environment, format_report
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
 from cxrkit.model_names import MODEL_NAMES
 from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
+from cxrkit.profiles import PROFILE_NAMES, choose_profile
 from cxrkit.submission import parse_submission, validate_submission
 
 # cxrkit.train (and through it torch) is imported inside the commands that train or
@@ -80,22 +82,29 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from cxrkit.train import train_from_folder
 
+    settings = {
+        "model_name": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "weights": args.weights,
+        "lr": args.lr,
+        "valid_fraction": args.valid_fraction,
+        "seed": args.seed,
+        "num_workers": args.workers,
+        "size": args.size,
+    }
+    config = None
+    if getattr(args, "profile", None):
+        config, settings = _profile_config(args, settings)
     result = train_from_folder(
         data_dir=args.data_dir,
         annotations_csv=args.annotations_csv,
         out_dir=args.out,
-        model_name=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        weights=args.weights,
+        config=config,
         resume=args.resume,
         overwrite=args.overwrite,
-        lr=args.lr,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        num_workers=args.workers,
         max_minutes=args.max_minutes,
-        size=args.size,
+        **settings,
     )
     print(result)
     return 0
@@ -357,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=iou_threshold, default=0.4, help="IoU a hit needs, in (0, 1]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
+
+    _add_profile_option(sub.choices["train"])
+    p = sub.add_parser("doctor", help="check Python, packages, DICOM decoders, torch, data, cache")
+    p.set_defaults(func=_cmd_doctor)
     return parser
 
 
@@ -383,6 +396,64 @@ def _one_line(message: str) -> str:
     return joined
 
 
+# ----------------------------------------------------------- train --profile, doctor
+# The option of each profile setting, and the TrainConfig field it sets.
+PROFILE_OPTIONS = {
+    "model": "model_name",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "weights": "weights",
+    "size": "size",
+}
+
+
+def _add_profile_option(train: argparse.ArgumentParser) -> None:
+    train.add_argument(
+        "--profile",
+        choices=["auto", *PROFILE_NAMES],
+        default=None,
+        help="settings for the machine: cpu (cxr_small, 256 px), gpu (fasterrcnn_resnet50_fpn, "
+        "512 px, AMP, COCO weights) or auto (gpu when CUDA is available); explicit "
+        "--model/--epochs/--batch-size/--weights/--size still override (default: none)",
+    )
+
+
+def _explicit_options(argv: Sequence[str]) -> set[str]:
+    """The destinations ``argv`` sets itself: parsed again with every default suppressed."""
+    parser = build_parser()
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    for each in parsers:
+        each._defaults.clear()
+        for action in each._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(list(argv))[0]))
+
+
+def _profile_config(args: argparse.Namespace, settings: dict) -> tuple[Any, dict]:
+    """``train --profile``: a TrainConfig from the profile, and the settings left to apply
+    (the profile's own only where the command line names them)."""
+    from cxrkit.train import TrainConfig
+
+    profile = choose_profile(
+        None if args.profile == "auto" else args.profile, data_dir=args.data_dir
+    )
+    explicit = _explicit_options(args.argv)
+    left = dict(settings)
+    for option, field in PROFILE_OPTIONS.items():
+        if option not in explicit:
+            del left[field]
+    return TrainConfig.from_profile(profile), left
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    checks = check_environment()
+    print(format_report(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
@@ -390,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # no command: the help, not an error
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what train --profile overrides
     try:
         return args.func(args)
     except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line

@@ -29,6 +29,8 @@ from cxrkit.sample import MARKER_NAME, SAMPLE_VERSION
 KAGGLE_DIR = Path("/kaggle/input/vinbigdata-chest-xray-abnormalities-detection")
 KAGGLE_WORKING = Path("/kaggle/working")
 DEFAULT_SAMPLE_SEED = 0
+SAMPLE_SIZE_MB = 118  # the default sample (200 train + 50 test DICOMs) on disk, measured with du
+SAMPLE_MESSAGE_START = "cxrkit: generating the sample"  # notebooks/sanitize.cfg drops the line
 
 
 def cache_dir() -> Path:
@@ -70,7 +72,7 @@ def check_layout(data_dir: str | os.PathLike) -> Path:
 
 
 def sample_dir(seed: int = DEFAULT_SAMPLE_SEED, generate: bool = True) -> Path:
-    """The generated sample's folder, created on first use (about a minute).
+    """The generated sample's folder, created on first use (about a minute, 118 MB).
 
     It is written to a temporary folder and renamed into place, so an interrupted
     generation never leaves a half sample that a later call would trust.
@@ -82,6 +84,13 @@ def sample_dir(seed: int = DEFAULT_SAMPLE_SEED, generate: bool = True) -> Path:
         raise DataNotFoundError(f"no sample at {path}; call cxrkit.paths.sample_dir() to make one")
     from cxrkit.sample import generate_sample
 
+    # Said before the progress bar (stderr, pink in Jupyter), which alone looks like an error.
+    print(
+        f"{SAMPLE_MESSAGE_START} (once): 250 synthetic chest X-ray DICOMs in the competition "
+        f"layout, about {SAMPLE_SIZE_MB} MB, into {path}; it takes about a minute and is "
+        "reused afterwards (CXRKIT_CACHE moves it)",
+        flush=True,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

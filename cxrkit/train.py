@@ -36,6 +36,7 @@ from cxrkit.errors import AnnotationError, CheckpointError, OverwriteError, Resu
 from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_other_settings
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.models import build_model, classes_in_state
+from cxrkit.profiles import Profile
 from cxrkit.submission import prediction_strings, write_submission
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
@@ -85,6 +86,12 @@ class TrainConfig:
     valid_fraction: float = 0.2
     seed: int = 42
     num_workers: int = 0
+    amp: bool | None = None  # mixed precision; None: on for CUDA (as fit does)
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
+        """The settings of ``profile`` (:mod:`cxrkit.profiles`), changed by ``overrides``."""
+        return cls(**{**profile.settings(), **overrides})
 
     def resolved(self) -> TrainConfig:
         """This config with the per-model defaults in place of ``None``."""
@@ -348,7 +355,7 @@ def train_from_folder(
             return fit(
                 model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
                 scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
-                max_grad_norm=cfg.max_grad_norm, max_minutes=budget,
+                max_grad_norm=cfg.max_grad_norm, max_minutes=budget, amp=cfg.amp,
                 config={**asdict(cfg), **run, "world_size": info.world_size},
             )  # fmt: skip
     finally:

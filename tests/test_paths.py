@@ -107,3 +107,22 @@ def test_paths_stays_light_and_the_generator_never_imports_it():
     code = "import sys, cxrkit.sample.generate; print('cxrkit.paths' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_first_use_says_what_where_and_how_big_before_the_bar(tmp_path, monkeypatch, capsys):
+    """The sample's progress bar (stderr) alone looks like an error: a line comes first."""
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    printed_before_generating = []
+
+    def fake_generate(out, seed):
+        printed_before_generating.append(capsys.readouterr().out)
+        _fake_competition_folder(out)
+
+    monkeypatch.setattr("cxrkit.sample.generate_sample", fake_generate)
+    path = paths.sample_dir()
+    (message,) = printed_before_generating
+    assert message.startswith(paths.SAMPLE_MESSAGE_START)
+    assert str(path) in message and f"{paths.SAMPLE_SIZE_MB} MB" in message
+    assert message.count("\n") == 1  # one line: notebooks/sanitize.cfg drops it
+    paths.sample_dir()
+    assert capsys.readouterr().out == "", "said again although the sample exists"

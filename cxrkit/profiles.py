@@ -1,0 +1,221 @@
+"""Training profiles: one place that picks the model and schedule for the machine at hand.
+
+Notebooks 04-06 and ``python -m cxrkit train --profile NAME`` start from a
+:class:`Profile` instead of fixed constants:
+
+- ``cpu``: the notebook model, ``cxr_small`` at 256 px for 10 epochs, batch 4,
+  trained from scratch: minutes on a laptop CPU (the committed notebook outputs).
+- ``gpu``: the seed notebook's ``fasterrcnn_resnet50_fpn`` at 512 px with mixed
+  precision (AMP), a batch size from the GPU's memory and COCO weights: a local
+  ``.pth`` file (``CXRKIT_WEIGHTS``, torch's cache, or a Kaggle dataset) or a
+  download when online; without either it trains from scratch and says so.
+
+:func:`choose_profile` picks ``gpu`` when CUDA is available, else ``cpu``, and
+prints its choice with the reason. :meth:`cxrkit.train.TrainConfig.from_profile`
+turns a profile into a run's settings (explicit settings still win).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached datasets
+PROFILE_NAMES: tuple[str, ...] = ("cpu", "gpu")
+GPU_MODEL = "fasterrcnn_resnet50_fpn"  # the seed notebook's detector
+WEIGHTS_ENV = "CXRKIT_WEIGHTS"  # path of a local COCO .pth file
+# The settings a profile fixes, named as TrainConfig's fields.
+PROFILE_FIELDS: tuple[str, ...] = ("model_name", "size", "epochs", "batch_size", "weights", "amp")
+# Batch sizes by GPU memory: fasterrcnn_resnet50_fpn at 512 px under AMP needs about
+# 1 GiB per image with headroom (torchvision resizes to 800 px inside the model).
+GPU_BATCH_BY_GIB: tuple[tuple[float, int], ...] = ((30, 16), (14, 8), (7, 4))
+GPU_MIN_BATCH = 2
+NO_GPU_BATCH = 4  # the gpu profile asked for on a machine without CUDA
+LARGE_FOR_CPU = 2000  # training images above which a CPU epoch takes long
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile's name, why it was chosen, and the training settings it sets."""
+
+    name: str
+    reason: str
+    model_name: str
+    size: int
+    epochs: int
+    batch_size: int
+    weights: str | None
+    amp: bool
+    notes: tuple[str, ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """The TrainConfig fields this profile sets (:data:`PROFILE_FIELDS`)."""
+        return {name: getattr(self, name) for name in PROFILE_FIELDS}
+
+    def summary(self) -> str:
+        """What is printed when a profile is chosen: name, reason, settings, notes."""
+        weights = "trained from scratch" if self.weights is None else f"weights {self.weights}"
+        lines = [
+            f"profile {self.name}: {self.reason}",
+            f"  {self.model_name}, {self.size} px, {self.epochs} epochs, batch {self.batch_size}, "
+            f"AMP {'on' if self.amp else 'off'}, {weights}",
+        ]
+        return "\n".join(lines + [f"  {note}" for note in self.notes])
+
+
+def _cuda_memory_gib(device: Any = None) -> tuple[str, float] | None:
+    """(name, total GiB) of the CUDA device to train on, or None without one."""
+    import torch
+
+    if device is not None and torch.device(device).type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index if device is not None else None
+    props = torch.cuda.get_device_properties(index or 0)
+    return str(props.name), props.total_memory / 2**30
+
+
+def batch_size_for_memory(gib: float) -> int:
+    """Batch size for ``fasterrcnn_resnet50_fpn`` at 512 px under AMP on a GPU of ``gib`` GiB."""
+    for least, batch in GPU_BATCH_BY_GIB:
+        if gib >= least:
+            return batch
+    return GPU_MIN_BATCH
+
+
+def _online(host: str = "download.pytorch.org", timeout: float = 3.0) -> bool:
+    """True when torchvision's weight server answers (a Kaggle notebook may have no internet)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def coco_weights_filename(model_name: str) -> str:
+    """The file name torchvision gives the COCO weights of ``model_name`` (e.g. in torch's cache)."""
+    from torchvision.models import get_model_weights
+
+    return Path(get_model_weights(model_name).DEFAULT.url).name
+
+
+def _local_weights_candidates(filename: str) -> list[Path]:
+    """Where a COCO ``.pth`` file may already be: torch's cache, then Kaggle datasets."""
+    import torch
+
+    found = [Path(torch.hub.get_dir()) / "checkpoints" / filename]
+    if KAGGLE_INPUT.is_dir():
+        found += sorted(KAGGLE_INPUT.glob(f"*/{filename}")) + sorted(
+            KAGGLE_INPUT.glob(f"*/*/{filename}")
+        )
+    return found
+
+
+def find_coco_weights(model_name: str = GPU_MODEL) -> tuple[str | None, str]:
+    """COCO weights for ``model_name`` and where they come from.
+
+    In order: the file named by ``CXRKIT_WEIGHTS``; torchvision's file in torch's
+    cache or in a Kaggle dataset (``/kaggle/input/*/``); ``"DEFAULT"`` (a download)
+    when online; else ``None`` with a message that the model trains from scratch.
+    """
+    notes = []
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return str(path), f"COCO weights from {WEIGHTS_ENV}={path}"
+        notes.append(f"{WEIGHTS_ENV}={env} is not a file")
+    filename = coco_weights_filename(model_name)
+    for path in _local_weights_candidates(filename):
+        if path.is_file():
+            return str(path), f"COCO weights from the local file {path}"
+    if _online():
+        return "DEFAULT", "COCO weights: downloaded by torchvision (weights='DEFAULT')"
+    notes.append(
+        f"no COCO weights: offline and no {filename} in torch's cache or /kaggle/input. "
+        f"{model_name} TRAINS FROM SCRATCH and will score far lower; attach the file as a "
+        f"dataset or set {WEIGHTS_ENV}=/path/to/{filename}"
+    )
+    return None, "; ".join(notes)
+
+
+def _count_training_images(data_dir: str | os.PathLike) -> int:
+    """Training images in a competition folder (``train/*.dicom``) or a preprocessed one."""
+    train = Path(data_dir) / "train"
+    if not train.is_dir():
+        return 0
+    with os.scandir(train) as entries:
+        return sum(1 for e in entries if e.name.endswith((".dicom", ".dcm", ".png")))
+
+
+def cpu_profile(reason: str) -> Profile:
+    """The notebook model: ``cxr_small``, 256 px, 10 epochs, batch 4, from scratch."""
+    return Profile(
+        "cpu", reason, "cxr_small", size=256, epochs=10, batch_size=4, weights=None, amp=False
+    )
+
+
+def gpu_profile(reason: str, device: Any = None) -> Profile:
+    """The seed's model at 512 px with AMP, a batch for the GPU's memory and COCO weights."""
+    gpu = _cuda_memory_gib(device)
+    notes = []
+    if gpu is None:
+        batch = NO_GPU_BATCH
+        notes.append(f"no CUDA device to size the batch: batch {batch}; AMP needs CUDA")
+    else:
+        name, gib = gpu
+        batch = batch_size_for_memory(gib)
+        notes.append(f"batch {batch} for the {gib:.0f} GiB of {name}")
+    weights, source = find_coco_weights(GPU_MODEL)
+    notes.append(source)
+    return Profile(
+        "gpu",
+        reason,
+        GPU_MODEL,
+        size=512,
+        epochs=10,
+        batch_size=batch,
+        weights=weights,
+        amp=True,
+        notes=tuple(notes),
+    )
+
+
+def choose_profile(
+    name: str | None = None,
+    device: Any = None,
+    data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> Profile:
+    """The training profile for this machine (or the one named), printed with the reason.
+
+    ``name`` is ``"cpu"``, ``"gpu"`` or ``None``/``"auto"``: ``gpu`` when CUDA is
+    available (on ``device``, if given), else ``cpu``. ``data_dir`` only adds the
+    number of training images to the reason (and a warning for a large set on a CPU).
+    """
+    if name not in (None, "auto", *PROFILE_NAMES):
+        raise ValueError(f"unknown profile {name!r}; choose one of {['auto', *PROFILE_NAMES]}")
+    if name in (None, "auto"):
+        gpu = _cuda_memory_gib(device)
+        if gpu is None and device is not None:
+            name, reason = "cpu", f"device {device} asked for"
+        elif gpu is None:
+            name, reason = "cpu", "no CUDA device (torch.cuda.is_available() is False)"
+        else:
+            name, reason = "gpu", f"CUDA device {gpu[0]}"
+    else:
+        reason = "asked for by name"
+    n_images = _count_training_images(data_dir) if data_dir is not None else None
+    if n_images is not None:
+        reason += f"; {n_images} training images"
+    profile = gpu_profile(reason, device) if name == "gpu" else cpu_profile(reason)
+    if name == "cpu" and n_images is not None and n_images > LARGE_FOR_CPU:
+        slow = "a CPU epoch over this many images takes hours: use a GPU or a subset (notebook 03)"
+        profile = replace(profile, notes=(*profile.notes, slow))
+    if verbose:
+        print(profile.summary())
+    return profile

@@ -1,0 +1,162 @@
+"""Training profiles: the choice for the device, and that the settings reach ``fit``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cxrkit.train
+from cxrkit import profiles
+from cxrkit.cli import main
+from cxrkit.train import TrainConfig, train_from_folder
+
+GIB = 2**30
+# The notebooks' model before profiles existed: the cpu profile must keep it exactly.
+NOTEBOOK_CONSTANTS = {"model_name": "cxr_small", "size": 256, "epochs": 10, "batch_size": 4}
+
+
+@pytest.fixture()
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    """No internet, no CXRKIT_WEIGHTS and no COCO file in torch's cache or Kaggle."""
+    monkeypatch.setattr(profiles, "_online", lambda *a, **k: False)
+    monkeypatch.delenv(profiles.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(profiles, "KAGGLE_INPUT", tmp_path / "no-kaggle")
+
+
+def fake_gpu(monkeypatch, gib: float, name: str = "Tesla T4") -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    props = SimpleNamespace(name=name, total_memory=int(gib * GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=0: props)
+
+
+def test_cpu_profile_without_gpu_is_the_notebook_model(no_gpu, capsys):
+    profile = profiles.choose_profile()
+    assert profile.name == "cpu"
+    assert {k: profile.settings()[k] for k in NOTEBOOK_CONSTANTS} == NOTEBOOK_CONSTANTS
+    assert profile.weights is None and profile.amp is False
+    out = capsys.readouterr().out
+    assert out.startswith("profile cpu: no CUDA device") and "cxr_small, 256 px" in out
+
+
+def test_cpu_profile_counts_the_data_and_warns_for_a_large_set(no_gpu, tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        (tmp_path / "train" / f"{i}.dicom").touch()
+    assert "3 training images" in profiles.choose_profile(data_dir=tmp_path).reason
+    for i in range(profiles.LARGE_FOR_CPU):
+        (tmp_path / "train" / f"x{i}.png").touch()
+    assert any("takes hours" in n for n in profiles.choose_profile(data_dir=tmp_path).notes)
+
+
+def test_gpu_profile_with_a_mocked_cuda_device(monkeypatch, offline, capsys):
+    fake_gpu(monkeypatch, 15.8)
+    profile = profiles.choose_profile()
+    assert profile.name == "gpu" and "Tesla T4" in profile.reason
+    assert (profile.model_name, profile.size, profile.amp) == ("fasterrcnn_resnet50_fpn", 512, True)
+    assert profile.batch_size == profiles.batch_size_for_memory(15.8) == 8
+    # offline and no file: it trains from scratch, and says so loudly
+    assert profile.weights is None
+    assert "TRAINS FROM SCRATCH" in capsys.readouterr().out
+
+
+def test_gpu_profile_weights_file_then_download(monkeypatch, offline, tmp_path):
+    fake_gpu(monkeypatch, 80)
+    weights = tmp_path / "coco.pth"
+    weights.touch()
+    monkeypatch.setenv(profiles.WEIGHTS_ENV, str(weights))
+    assert profiles.choose_profile("gpu", verbose=False).weights == str(weights)
+    monkeypatch.delenv(profiles.WEIGHTS_ENV)
+    kaggle = tmp_path / "kaggle"
+    attached = kaggle / "coco-weights" / profiles.coco_weights_filename(profiles.GPU_MODEL)
+    attached.parent.mkdir(parents=True)
+    attached.touch()
+    monkeypatch.setattr(profiles, "KAGGLE_INPUT", kaggle)
+    assert profiles.choose_profile("gpu", verbose=False).weights == str(attached)
+    attached.unlink()
+    monkeypatch.setattr(profiles, "_online", lambda *a, **k: True)
+    assert profiles.choose_profile("gpu", verbose=False).weights == "DEFAULT"
+
+
+def test_gpu_profile_by_name_without_a_gpu(no_gpu, offline):
+    profile = profiles.choose_profile("gpu", verbose=False)
+    assert profile.name == "gpu" and profile.batch_size == profiles.NO_GPU_BATCH
+    assert profile.reason == "asked for by name"
+
+
+@pytest.mark.parametrize(("gib", "batch"), [(141, 16), (40, 16), (24, 8), (16, 8), (8, 4), (4, 2)])
+def test_batch_size_follows_gpu_memory(gib, batch):
+    assert profiles.batch_size_for_memory(gib) == batch
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(ValueError, match="unknown profile 'tpu'"):
+        profiles.choose_profile("tpu")
+
+
+def test_gpu_profile_reaches_fit_unchanged(monkeypatch, offline, preprocessed, sample_data):
+    """Model, size, batch, schedule and AMP of a gpu profile arrive in fit as chosen."""
+    with monkeypatch.context() as m:
+        fake_gpu(m, 15.8)
+        profile = profiles.choose_profile(verbose=False)
+    profile = replace(profile, weights="coco.pth")  # as if found; the build is faked below
+    built, fitted = {}, {}
+
+    def fake_build(name, weights=None, **kw):
+        from helpers import small_model
+
+        built.update(name=name, weights=weights, **kw)
+        return small_model()  # never a resnet50 in a test
+
+    def fake_fit(model, train_loader, valid_loader, out_dir, epochs, device, opt, sched, **kw):
+        fitted.update(epochs=epochs, batch=train_loader.batch_size, scheduler=sched, **kw)
+        return "fit result"
+
+    monkeypatch.setattr(cxrkit.train, "build_model", fake_build)
+    monkeypatch.setattr(cxrkit.train, "fit", fake_fit)
+    result = train_from_folder(
+        preprocessed, sample_data / "train.csv", preprocessed.parent / "run",
+        TrainConfig.from_profile(profile),
+    )  # fmt: skip
+    assert result == "fit result"
+    assert built["name"] == profile.model_name and built["weights"] == "coco.pth"
+    assert fitted["epochs"] == profile.epochs and fitted["batch"] == profile.batch_size
+    assert fitted["amp"] is True
+    assert isinstance(fitted["scheduler"], torch.optim.lr_scheduler.StepLR)  # the seed's
+    config = fitted["config"]
+    for field, value in profile.settings().items():
+        assert config[field] == value, field
+
+
+def test_cli_train_profile_and_explicit_flags_override(monkeypatch, no_gpu, offline, tmp_path):
+    calls = []
+
+    def fake_train(
+        data_dir, annotations_csv, out_dir, config=None, *, resume, max_minutes, **settings
+    ):
+        calls.append(replace(config or TrainConfig(), **settings).resolved())
+        return "done"
+
+    monkeypatch.setattr(cxrkit.train, "train_from_folder", fake_train)
+    base = ["train", str(tmp_path), str(tmp_path / "train.csv"), "--out", str(tmp_path / "r")]
+    assert main([*base, "--profile", "gpu", "--epochs", "2", "--seed", "7"]) == 0
+    assert main([*base, "--profile", "cpu", "--batch-size", "4", "--model", "cxr_small"]) == 0
+    assert main(base) == 0
+    gpu, cpu, plain = calls
+    assert (gpu.model_name, gpu.size, gpu.epochs, gpu.amp) == (
+        "fasterrcnn_resnet50_fpn",
+        512,
+        2,
+        True,
+    )
+    assert gpu.batch_size == profiles.NO_GPU_BATCH and gpu.seed == 7
+    assert (cpu.model_name, cpu.size, cpu.epochs, cpu.batch_size) == ("cxr_small", 256, 10, 4)
+    assert plain == TrainConfig().resolved()  # no profile: the flags' defaults, as before
