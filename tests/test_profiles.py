@@ -140,7 +140,15 @@ def test_cli_train_profile_and_explicit_flags_override(monkeypatch, no_gpu, offl
     calls = []
 
     def fake_train(
-        data_dir, annotations_csv, out_dir, config=None, *, resume, max_minutes, **settings
+        data_dir,
+        annotations_csv,
+        out_dir,
+        config=None,
+        *,
+        resume,
+        overwrite,
+        max_minutes,
+        **settings,
     ):
         calls.append(replace(config or TrainConfig(), **settings).resolved())
         return "done"
