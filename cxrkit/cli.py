@@ -29,7 +29,9 @@ from cxrkit.submission import parse_submission, read_submission
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    out = generate_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+    out = generate_sample(
+        args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, variant=args.variant
+    )
     print(f"sample written to {out}")
     return 0
 
@@ -87,6 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_minutes=args.max_minutes,
         size=args.size,
+        anchors=args.anchors,
     )
     print(result)
     return 0
@@ -119,6 +122,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_or_auto(text: str) -> int | str:
+    """``--size``: a number of pixels, or "auto" (chosen from the training boxes)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels or auto, got {text!r}"
+        ) from None
+
+
+def _add_fitting_options(sample: argparse.ArgumentParser, train: argparse.ArgumentParser) -> None:
+    """Issue 13's options in one place: the sample variant, fitted anchors, ``--size auto``."""
+    sample.add_argument(
+        "--variant",
+        choices=("default", "small_thin"),
+        default="default",
+        help="small_thin: small nodules and thin pleural bands (other box statistics)",
+    )
+    train.add_argument(
+        "--anchors",
+        choices=("stock", "auto"),
+        default="stock",
+        help="cxr_small anchors: stock, or auto = fitted to the training boxes "
+        "(then --size defaults to auto)",
+    )
+    size = next(a for a in train._actions if "--size" in a.option_strings)
+    size.type = _size_or_auto  # --size also takes "auto": chosen from the boxes, printed
+    size.help = f"{size.help or 'training image size'}; auto: chosen from the training boxes"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed so tests and docs can inspect it."""
     parser = argparse.ArgumentParser(prog="python -m cxrkit", description=__doc__.splitlines()[0])
@@ -130,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test", type=int, default=50)
     p.set_defaults(func=_cmd_sample)
+    sample_parser = p
 
     p = sub.add_parser("fuse", help="fuse the radiologists' boxes with weighted boxes fusion")
     p.add_argument("train_csv", type=Path)
@@ -170,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=None, help="training image size (default: per model)"
     )
     p.set_defaults(func=_cmd_train)
+    _add_fitting_options(sample_parser, p)
 
     p = sub.add_parser("predict", help="predict a split and write a submission CSV")
     p.add_argument("checkpoint", type=Path)

@@ -24,6 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrkit._atomic import write_csv_atomic
+from cxrkit.anchors import (
+    AnchorSpec,
+    choose_input_size,
+    compare_coverage,
+    fit_anchors,
+    resized_boxes,
+    stock_anchors,
+)
 from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
 from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint
 from cxrkit.data import TestDataset, XrayDataset, collate_fn, worker_init_fn
@@ -61,6 +69,8 @@ PER_MODEL = tuple(SMALL_DEFAULTS)  # the fields whose None means "the model's de
 class TrainConfig:
     """Every setting of a training run, with its default (what ``cxrkit train`` uses).
 
+    ``size="auto"`` (or ``None`` with ``anchors="auto"``) is chosen from the training
+    boxes by :func:`cxrkit.anchors.choose_input_size` when the run starts.
     ``size``, ``lr``, ``schedule``, ``warmup_iters`` and ``max_grad_norm`` left at
     ``None`` take the model's default (:data:`SMALL_DEFAULTS` for ``cxr_small``,
     :data:`SEED_DEFAULTS` otherwise); :meth:`resolved` fills them in.
@@ -78,10 +88,11 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_iters: int | None = None
     max_grad_norm: float | None = None
-    size: int | None = None
+    size: int | str | None = None
     valid_fraction: float = 0.2
     seed: int = 42
     num_workers: int = 0
+    anchors: str = "stock"  # cxr_small: "stock" or "auto" (fitted to the training boxes)
 
     def resolved(self) -> TrainConfig:
         """This config with the per-model defaults in place of ``None``."""
@@ -194,17 +205,59 @@ def make_loaders(
     return train_loader, valid_loader
 
 
-def _build_for_training(cfg: TrainConfig, device: torch.device, info: DistInfo) -> nn.Module:
+def _build_for_training(
+    cfg: TrainConfig, device: torch.device, info: DistInfo, anchors: AnchorSpec | None = None
+) -> nn.Module:
     """The model of ``cfg`` on ``device``, wrapped in DistributedDataParallel under torchrun."""
     model_kw: dict[str, Any] = {}
     if cfg.model_name == "cxr_small" or cfg.size != SEED_DEFAULTS["size"]:
         model_kw = {"min_size": cfg.size, "max_size": cfg.size}
+    if anchors is not None:
+        model_kw["anchors"] = anchors
     model = build_model(cfg.model_name, weights=cfg.weights, **model_kw).to(device)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if device.type == "cuda" else None
         )
     return model
+
+
+def _auto_size(cfg: TrainConfig) -> bool:
+    """Whether the run's input size is to be chosen from the data (``size="auto"``, or
+    no size with fitted anchors); ValueError for an unknown ``anchors`` setting."""
+    if cfg.anchors not in ("stock", "auto"):
+        raise ValueError(f'anchors must be "stock" or "auto", got {cfg.anchors!r}')
+    if cfg.anchors == "auto" and cfg.model_name != "cxr_small":
+        raise ValueError(f'anchors="auto" is for cxr_small; {cfg.model_name} keeps its anchors')
+    if isinstance(cfg.size, str) and cfg.size != "auto":
+        raise ValueError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
+    return cfg.size == "auto" or (not cfg.size and cfg.anchors == "auto")
+
+
+def _fit_to_boxes(
+    cfg: TrainConfig, train_table: pd.DataFrame, meta: pd.DataFrame, auto_size: bool, show: bool
+) -> tuple[TrainConfig, AnchorSpec | None]:
+    """Choose the input size and fit the anchors to the training boxes, as ``cfg`` asks.
+
+    Deterministic (a resume refits the same anchors). Prints the choices and, for
+    fitted anchors, the coverage per class of the stock and the fitted anchors.
+    """
+    if auto_size:
+        size, reason = choose_input_size(train_table, meta)
+        cfg = replace(cfg, size=size)
+        if show:
+            print(reason)
+    if cfg.anchors != "auto":
+        return cfg, None
+    wh = resized_boxes(train_table, meta, cfg.size)[["w", "h"]].to_numpy()
+    spec = fit_anchors(wh, cfg.size)
+    if show:
+        print(f"{spec.describe()} (from {len(wh)} training boxes)")
+        sets = {"stock": stock_anchors(cfg.size), "fitted": spec}
+        coverage = compare_coverage(train_table, meta, sets, cfg.size)
+        print("share of training boxes whose best anchor reaches IoU 0.5 / 0.7 (centred):")
+        print(coverage.round(2).to_string())
+    return cfg, spec
 
 
 def _read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
@@ -248,7 +301,9 @@ def train_from_folder(
     rank 0 alone validates and writes files.
     """
     t_start = time.monotonic()
-    cfg = replace(config or TrainConfig(), **settings).resolved()
+    cfg = replace(config or TrainConfig(), **settings)
+    auto_size = _auto_size(cfg)
+    cfg = replace(cfg, size=None if auto_size else cfg.size).resolved()
     info = setup_distributed()
     try:
         device = try_gpu(info.local_rank)
@@ -258,8 +313,10 @@ def train_from_folder(
         table = _read_training_table(annotations_csv, meta)
         split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
         _keep_split(Path(out_dir) / "split.csv", *split, resume, info.is_main)
+        train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
+        cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
         train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-        model = _build_for_training(cfg, device, info)
+        model = _build_for_training(cfg, device, info, anchors)
         if info.is_main:
             print(
                 f"training {cfg.model_name} on {len(train_loader.dataset)} images, validating on "
