@@ -250,7 +250,13 @@ def _fit_to_boxes(
     if cfg.anchors != "auto":
         return cfg, None
     wh = resized_boxes(train_table, meta, cfg.size)[["w", "h"]].to_numpy()
-    spec = fit_anchors(wh, cfg.size)
+    try:
+        spec = fit_anchors(wh, cfg.size)
+    except ValueError as exc:  # e.g. fewer distinct boxes than anchor sizes
+        raise AnnotationError(
+            f"cannot fit anchors to the {len(wh)} training boxes ({exc}); train with the "
+            "stock anchors (anchors='stock', --anchors stock) or on more annotated images"
+        ) from exc
     if show:
         print(f"{spec.describe()} (from {len(wh)} training boxes)")
         sets = {"stock": stock_anchors(cfg.size), "fitted": spec}

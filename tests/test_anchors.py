@@ -227,3 +227,65 @@ def test_small_thin_variant_draws_small_nodules_and_thin_bands():
     # the variant changes how findings look, not the plan: same image, same id
     default = render_case(replace(forced[0], finding_variant="default"))
     assert default.meta["image_id"] == render_case(forced[0]).meta["image_id"]
+
+
+@pytest.mark.slow
+def test_train_with_auto_anchors_stores_them_and_predict_uses_them(
+    sample_data, preprocessed, tmp_path, capsys, monkeypatch
+):
+    """One short epoch through train_from_folder (what ``train --anchors auto`` runs):
+    the size and anchors are chosen and printed, saved in best.pt, and
+    predict_to_submission rebuilds the model with them."""
+    import cxrkit.train as train_module
+
+    result = train_module.train_from_folder(
+        preprocessed, sample_data / "train.csv", tmp_path / "run", epochs=1, anchors="auto", seed=0
+    )
+    printed = capsys.readouterr().out
+    assert "input size 256 px" in printed and "fitted anchors at 256 px" in printed
+    assert "Pleural thickening" in printed or "Cardiomegaly" in printed  # the coverage table
+    ckpt = torch.load(result.best, weights_only=True)
+    stored = AnchorSpec.from_dict(ckpt["model_config"]["anchors"])
+    assert ckpt["config"]["anchors"] == "auto" and ckpt["config"]["size"] == 256
+
+    built = []
+    real = train_module.model_from_checkpoint
+
+    def spy(path, *args, **kwargs):
+        model = real(path, *args, **kwargs)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(train_module, "model_from_checkpoint", spy)
+    train_module.predict_to_submission(result.best, preprocessed, tmp_path / "sub.csv")
+    generator = built[0].rpn.anchor_generator
+    assert generator.aspect_ratios[0] == stored.aspect_ratios[0]
+    assert generator.sizes == tuple(tuple(round(s) for s in level) for level in stored.sizes)
+
+
+def test_too_few_boxes_for_auto_anchors_is_a_clear_error(tmp_path):
+    """Through the CLI: one line naming the problem and the way out, exit status 2."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    data = tmp_path / "pre"
+    (data / "train").mkdir(parents=True)
+    cv2.imwrite(str(data / "train" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(data / "train" / "b.png"), np.zeros((64, 64, 3), np.uint8))
+    pd.DataFrame({"image_id": ["a", "b"], "dim0": 640, "dim1": 640}).to_csv(
+        data / "train_meta.csv", index=False
+    )
+    rows = [
+        ("a", "Nodule/Mass", 8, "R1", 10, 10, 40, 40),
+        ("b", "Nodule/Mass", 8, "R1", 100, 100, 160, 170),
+    ]
+    columns = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "train.csv", index=False)
+    command = [sys.executable, "-m", "cxrkit", "train", str(data), str(tmp_path / "train.csv")]
+    command += ["--out", str(tmp_path / "run"), "--anchors", "auto", "--valid-fraction", "0.5"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr
+    assert "cannot fit anchors" in out.stderr and "--anchors stock" in out.stderr
+    assert "Traceback" not in out.stderr
