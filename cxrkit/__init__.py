@@ -63,6 +63,10 @@ _API: dict[str, str] = {
     # models and training
     "build_model": "models",
     "MODEL_NAMES": "models",
+    "AnchorSpec": "anchors",
+    "fit_anchors": "anchors",
+    "anchor_coverage": "anchors",
+    "choose_input_size": "anchors",
     "load_checkpoint": "checkpoints",
     "save_checkpoint": "checkpoints",
     "model_from_checkpoint": "checkpoints",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cxrkit._atomic import atomic_path
+from cxrkit.anchors import AnchorSpec
 from cxrkit.distributed import unwrap
 from cxrkit.errors import CheckpointError
 from cxrkit.models import (
@@ -216,11 +217,23 @@ def load_into_model(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.Pa
     bare.load_state_dict(ckpt["model"])
 
 
+def _stored_anchors(config: Mapping[str, Any], path: Path) -> AnchorSpec | None:
+    """The fitted anchors a checkpoint's model was built with (None: stock anchors,
+    also for checkpoints written before anchors could be fitted)."""
+    stored = config.get("anchors")
+    if stored is None:
+        return None
+    try:
+        return AnchorSpec.from_dict(stored)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} stores unusable anchors: {exc}") from exc
+
+
 def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild the model a cxrkit checkpoint was saved from and load its weights.
 
-    Uses the stored name, class count and build options (input size, ...), so
-    ``predict`` needs nothing but the file. No download happens (``weights=None``
+    Uses the stored name, class count and build options (input size, fitted
+    anchors, ...), so ``predict`` needs nothing but the file. No download happens (``weights=None``
     for the architecture, then the checkpoint's weights).
     """
     path = Path(path)
@@ -240,6 +253,7 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") ->
         weights=None,
         min_size=config.get("min_size"),
         max_size=config.get("max_size"),
+        anchors=_stored_anchors(config, path),
         **dict(config.get("kwargs") or {}),
     )
     state = ckpt["model"]

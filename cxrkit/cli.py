@@ -38,7 +38,9 @@ DESCRIPTION = "Chest X-ray abnormality detection (VinBigData): data, training, s
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    out = write_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+    out = write_sample(
+        args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, variant=args.variant
+    )
     print(f"sample written to {out}")
     return 0
 
@@ -92,6 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "num_workers": args.workers,
         "size": args.size,
+        "anchors": args.anchors,
     }
     config = None
     if getattr(args, "profile", None):
@@ -249,6 +252,28 @@ examples:
 Run "python -m cxrkit COMMAND --help" for the options of a command."""
 
 
+def _size_or_auto(text: str) -> int | str:
+    """``--size``: a number of pixels, or "auto" (chosen from the training boxes)."""
+    return text if text == "auto" else positive_int(text)
+
+
+def _add_fitting_options(sample: argparse.ArgumentParser, train: argparse.ArgumentParser) -> None:
+    """The options of fitting to the data: the sample variant and fitted anchors."""
+    sample.add_argument(
+        "--variant",
+        choices=("default", "small_thin"),
+        default="default",
+        help="small_thin: small nodules and thin pleural bands (other box statistics)",
+    )
+    train.add_argument(
+        "--anchors",
+        choices=("stock", "auto"),
+        default="stock",
+        help="cxr_small anchors: stock, or auto = fitted to the training boxes "
+        "(then --size defaults to auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed so tests and docs can inspect it."""
     parser = _Parser(
@@ -269,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-test", type=non_negative_int, default=50, help="number of test DICOMs")
     p.set_defaults(func=_cmd_sample)
+    sample_parser = p
 
     p = command("fuse", "fuse the radiologists' boxes with weighted boxes fusion")
     p.add_argument("train_csv", type=Path, help="annotations in train.csv columns")
@@ -341,11 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop before an epoch that would end later (default: no limit)",
     )  # fmt: skip
     p.add_argument(
-        "--size", type=positive_int, default=None,
-        help="training image side in pixels (default: per model, 256 for cxr_small, 512 for "
-        "the others)",
+        "--size", type=_size_or_auto, default=None,
+        help="training image side in pixels, or auto: chosen from the training boxes and printed "
+        "(default: per model, 256 for cxr_small, 512 for the others; auto with --anchors auto)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_train)
+    _add_fitting_options(sample_parser, p)
 
     p = command("predict", "predict a split and write a submission CSV")
     p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")

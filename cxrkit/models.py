@@ -28,22 +28,15 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from cxrkit.anchors import CXR_SMALL_LEVELS, AnchorSpec, fit_anchors, stock_anchors
 from cxrkit.errors import CheckpointError, WeightsError
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.model_names import MODEL_NAMES as MODEL_NAMES  # re-exported
 
 CXR_SMALL_SIZE = 256  # default input side of cxr_small, in pixels
-
-# Box sizes as fractions of the image side, one pair per feature level (strides 8, 16,
-# 32 and 64). See cxr_small's docstring for why.
-CXR_SMALL_ANCHOR_FRACTIONS: tuple[tuple[float, float], ...] = (
-    (0.04, 0.06),
-    (0.09, 0.13),
-    (0.18, 0.26),
-    (0.36, 0.52),
-)
-# torchvision's aspect ratio is height / width: < 1 is wide, > 1 is tall.
-CXR_SMALL_ASPECT_RATIOS: tuple[float, ...] = (0.4, 0.7, 1.0, 1.5, 2.5)
+# cxr_small's stock anchors (CXR_SMALL_ANCHOR_FRACTIONS, CXR_SMALL_ASPECT_RATIOS) live in
+# cxrkit.anchors, beside the anchors fitted to a data set's boxes.
+AnchorsArg = AnchorSpec | Mapping[str, Any] | str | None
 
 
 # --------------------------------------------------------------------------- cxr_small
@@ -111,17 +104,28 @@ class CxrSmallBackbone(nn.Module):
 
 
 def _build_cxr_small(
-    num_classes: int, min_size: int | None, max_size: int | None, **kwargs: Any
+    num_classes: int,
+    min_size: int | None,
+    max_size: int | None,
+    anchor_spec: AnchorSpec | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """The small from-scratch detector (see :func:`build_model` for the anchors)."""
+    """The small from-scratch detector (see :func:`build_model` for the anchors).
+
+    ``anchor_spec`` None: the stock anchors; otherwise its sizes, scaled to ``min_size``.
+    """
 
     size = int(min_size or CXR_SMALL_SIZE)
     max_size = int(max_size or size)
     backbone = CxrSmallBackbone(fpn_channels=int(kwargs.pop("fpn_channels", 64)))
-    sizes = tuple(
-        tuple(max(4, round(f * size)) for f in pair) for pair in CXR_SMALL_ANCHOR_FRACTIONS
-    )
-    anchors = AnchorGenerator(sizes, (CXR_SMALL_ASPECT_RATIOS,) * len(sizes))
+    spec = stock_anchors(size) if anchor_spec is None else anchor_spec.scaled(size)
+    if len(spec.sizes) != CXR_SMALL_LEVELS:
+        raise ValueError(
+            f"cxr_small has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors give "
+            f"sizes for {len(spec.sizes)}"
+        )
+    sizes = tuple(tuple(int(round(s)) for s in level) for level in spec.sizes)
+    anchors = AnchorGenerator(sizes, spec.aspect_ratios)
     roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = int(kwargs.pop("representation_size", 256))
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation)
@@ -255,6 +259,31 @@ def _build_from_file(name: str, num_classes: int, path: Path, kwargs: dict[str, 
     return model
 
 
+def resolve_anchors(
+    anchors: AnchorsArg, boxes: Any = None, size: int = CXR_SMALL_SIZE
+) -> AnchorSpec | None:
+    """The :class:`AnchorSpec` that ``build_model(anchors=..., boxes=...)`` asks for.
+
+    ``None`` or ``"stock"``: None (the stock anchors). ``"auto"``: fitted to ``boxes``,
+    an (N, 2) array of box widths and heights in input pixels at ``size``
+    (:func:`cxrkit.anchors.resized_boxes` makes it from a table). An ``AnchorSpec``
+    or its ``to_dict()`` (as a checkpoint stores it) is used as it is.
+    """
+    if anchors is None or (isinstance(anchors, str) and anchors == "stock"):
+        return None
+    if isinstance(anchors, AnchorSpec):
+        return anchors
+    if isinstance(anchors, Mapping):
+        return AnchorSpec.from_dict(anchors)
+    if anchors == "auto":
+        if boxes is None:
+            raise ValueError(
+                'anchors="auto" fits the anchors to boxes=: pass (N, 2) widths, heights'
+            )
+        return fit_anchors(boxes, size)
+    raise ValueError(f'anchors must be "stock", "auto", an AnchorSpec or None, got {anchors!r}')
+
+
 def build_model(
     name: str = "fasterrcnn_resnet50_fpn",
     num_classes: int = MODEL_NUM_CLASSES,
@@ -262,6 +291,8 @@ def build_model(
     *,
     min_size: int | None = None,
     max_size: int | None = None,
+    anchors: AnchorsArg = None,
+    boxes: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a Faster R-CNN detector with ``num_classes`` outputs (background included).
@@ -279,6 +310,11 @@ def build_model(
         The resize done inside the model (``GeneralizedRCNNTransform``). torchvision
         defaults to 800/1333, which upsamples a 512 px PNG; ``cxr_small`` defaults to
         256/256.
+    anchors, boxes:
+        ``cxr_small`` only. ``None``/``"stock"`` (default): the anchors below;
+        ``"auto"``: fitted to ``boxes`` ((N, 2) widths and heights in input pixels,
+        :func:`cxrkit.anchors.fit_anchors`); or an :class:`~cxrkit.anchors.AnchorSpec`.
+        Fitted anchors are stored in ``model.cxrkit_config`` and so in checkpoints.
     kwargs:
         Passed to ``torchvision.models.detection.FasterRCNN`` (e.g. ``box_score_thresh``).
 
@@ -305,7 +341,13 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+    if name != "cxr_small" and anchors not in (None, "stock"):
+        raise ValueError(f"anchors= is for cxr_small; {name} keeps torchvision's anchors")
+    spec = None
     if name == "cxr_small":
+        spec = resolve_anchors(anchors, boxes, int(min_size or CXR_SMALL_SIZE))
+        if spec is not None:
+            kwargs["anchor_spec"] = spec
         if isinstance(weights, str) and weights.upper() == "DEFAULT":
             raise WeightsError(
                 "cxr_small has no published pretrained weights; use weights=None (train from "
@@ -332,6 +374,8 @@ def build_model(
         "max_size": max_size,
         "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
+    if spec is not None:  # stock anchors add nothing: their checkpoints stay as they were
+        model.cxrkit_config["anchors"] = spec.scaled(int(min_size)).to_dict()  # type: ignore[attr-defined]
     return model
 
 

@@ -26,6 +26,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrkit._atomic import write_csv_atomic
 from cxrkit._runlock import run_lock
+from cxrkit.anchors import (
+    AnchorSpec,
+    choose_input_size,
+    compare_coverage,
+    fit_anchors,
+    resized_boxes,
+    stock_anchors,
+)
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
 from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint
 from cxrkit.data import TestDataset, XrayDataset, check_images_exist, collate_fn, worker_init_fn
@@ -65,6 +73,8 @@ PER_MODEL = tuple(SMALL_DEFAULTS)  # the fields whose None means "the model's de
 class TrainConfig:
     """Every setting of a training run, with its default (what ``cxrkit train`` uses).
 
+    ``size="auto"`` (or ``None`` with ``anchors="auto"``) is chosen from the training
+    boxes by :func:`cxrkit.anchors.choose_input_size` when the run starts.
     ``size``, ``lr``, ``schedule``, ``warmup_iters`` and ``max_grad_norm`` left at
     ``None`` take the model's default (:data:`SMALL_DEFAULTS` for ``cxr_small``,
     :data:`SEED_DEFAULTS` otherwise); :meth:`resolved` fills them in.
@@ -82,10 +92,11 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_iters: int | None = None
     max_grad_norm: float | None = None
-    size: int | None = None
+    size: int | str | None = None
     valid_fraction: float = 0.2
     seed: int = 42
     num_workers: int = 0
+    anchors: str = "stock"  # cxr_small: "stock" or "auto" (fitted to the training boxes)
     amp: bool | None = None  # mixed precision; None: on for CUDA (as fit does)
 
     @classmethod
@@ -209,11 +220,15 @@ def make_loaders(
     return train_loader, valid_loader
 
 
-def _build_for_training(cfg: TrainConfig, device: torch.device, info: DistInfo) -> nn.Module:
+def _build_for_training(
+    cfg: TrainConfig, device: torch.device, info: DistInfo, anchors: AnchorSpec | None = None
+) -> nn.Module:
     """The model of ``cfg`` on ``device``, wrapped in DistributedDataParallel under torchrun."""
     model_kw: dict[str, Any] = {}
     if cfg.model_name == "cxr_small" or cfg.size != SEED_DEFAULTS["size"]:
         model_kw = {"min_size": cfg.size, "max_size": cfg.size}
+    if anchors is not None:
+        model_kw["anchors"] = anchors
     model = build_model(cfg.model_name, weights=cfg.weights, **model_kw).to(device)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
@@ -274,6 +289,50 @@ def _refuse_other_split_settings(out: Path, cfg: TrainConfig) -> None:
         refuse_other_settings(last, saved, asdict(cfg), cfg.epochs)
 
 
+def _auto_size(cfg: TrainConfig) -> bool:
+    """Whether the run's input size is to be chosen from the data (``size="auto"``, or
+    no size with fitted anchors); ValueError for an unknown ``anchors`` setting."""
+    if cfg.anchors not in ("stock", "auto"):
+        raise ValueError(f'anchors must be "stock" or "auto", got {cfg.anchors!r}')
+    if cfg.anchors == "auto" and cfg.model_name != "cxr_small":
+        raise ValueError(f'anchors="auto" is for cxr_small; {cfg.model_name} keeps its anchors')
+    if isinstance(cfg.size, str) and cfg.size != "auto":
+        raise ValueError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
+    return cfg.size == "auto" or (not cfg.size and cfg.anchors == "auto")
+
+
+def _fit_to_boxes(
+    cfg: TrainConfig, train_table: pd.DataFrame, meta: pd.DataFrame, auto_size: bool, show: bool
+) -> tuple[TrainConfig, AnchorSpec | None]:
+    """Choose the input size and fit the anchors to the training boxes, as ``cfg`` asks.
+
+    Deterministic (a resume refits the same anchors). Prints the choices and, for
+    fitted anchors, the coverage per class of the stock and the fitted anchors.
+    """
+    if auto_size:
+        size, reason = choose_input_size(train_table, meta)
+        cfg = replace(cfg, size=size)
+        if show:
+            print(reason)
+    if cfg.anchors != "auto":
+        return cfg, None
+    wh = resized_boxes(train_table, meta, cfg.size)[["w", "h"]].to_numpy()
+    try:
+        spec = fit_anchors(wh, cfg.size)
+    except ValueError as exc:  # e.g. fewer distinct boxes than anchor sizes
+        raise AnnotationError(
+            f"cannot fit anchors to the {len(wh)} training boxes ({exc}); train with the "
+            "stock anchors (anchors='stock', --anchors stock) or on more annotated images"
+        ) from exc
+    if show:
+        print(f"{spec.describe()} (from {len(wh)} training boxes)")
+        sets = {"stock": stock_anchors(cfg.size), "fitted": spec}
+        coverage = compare_coverage(train_table, meta, sets, cfg.size)
+        print("share of training boxes whose best anchor reaches IoU 0.5 / 0.7 (centred):")
+        print(coverage.round(2).to_string())
+    return cfg, spec
+
+
 def _read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
     """The PNG folder and the meta table of a preprocessed folder."""
     meta_path = data / "train_meta.csv"
@@ -319,7 +378,9 @@ def train_from_folder(
     rank 0 alone validates and writes files.
     """
     t_start = time.monotonic()
-    cfg = replace(config or TrainConfig(), **settings).resolved()
+    cfg = replace(config or TrainConfig(), **settings)
+    auto_size = _auto_size(cfg)
+    cfg = replace(cfg, size=None if auto_size else cfg.size).resolved()
     out = Path(out_dir)
     info = setup_distributed()
     try:
@@ -332,11 +393,13 @@ def train_from_folder(
             table = _read_training_table(annotations_csv, meta)
             split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
             check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
+            train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
+            cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
             if resume:
                 _refuse_other_split_settings(out, cfg)
             _keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-            model = _build_for_training(cfg, device, info)
+            model = _build_for_training(cfg, device, info, anchors)
             if info.is_main:
                 print(
                     f"training {cfg.model_name} on {len(train_loader.dataset)} images, "

@@ -15,7 +15,7 @@ import numpy as np
 from cxrkit.sample.anatomy import Anatomy
 from cxrkit.sample.draw import blend, segment_distance, smooth_noise, soft
 
-__all__ = ["Box", "Finding", "place_findings"]
+__all__ = ["FINDING_VARIANTS", "Box", "Finding", "place_findings", "renderers"]
 
 Box = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max in pixels
 
@@ -273,6 +273,33 @@ def _pulmonary_fibrosis(a: Anatomy, rng: np.random.Generator, h: int) -> Finding
     return [mask], _adder(0.3 * streaks)
 
 
+def _small_nodule(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
+    """A small round nodule, box side 3-6 % of the image (the ``small_thin`` variant)."""
+    side = int(rng.integers(2))
+    x, y = a.point_in_lung(rng, side, (0.2, 0.75), (0.3, 0.7))
+    r = rng.uniform(0.015, 0.03)  # units of the image height: box side 2r
+    d = np.hypot(a.X - x, a.Y - y)
+    mask = d < r
+    alpha = soft(mask, 0.6)
+    shade = 0.30 + 0.06 * (1 - d / r)
+    return [mask], _adder(alpha * shade)
+
+
+def _thin_pleural_band(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
+    """A thin straight band inside the lateral chest wall: about 2 % of the image wide and
+    8-12 times as long (the ``small_thin`` variant's pleural thickening)."""
+    side = int(rng.integers(2))
+    s = a.side_sign(side)
+    thick = rng.uniform(0.016, 0.024)
+    length = thick * rng.uniform(8.0, 12.0)
+    y0 = a.apex + rng.uniform(0.3, 0.55) * (a.base[side] - a.apex)
+    y1 = y0 + length
+    centre = a.outer_x(side, 0.5 * (y0 + y1)) - s * 0.6 * thick  # just inside the wall
+    region = (np.abs(a.X - centre) < 0.5 * thick) & (a.Y >= y0) & (a.Y <= y1)
+    alpha = soft(region, 0.8)
+    return [region], _adder(0.32 * alpha)
+
+
 _RENDERERS: dict[int, Callable[[Anatomy, np.random.Generator, int], Finding]] = {
     0: _aortic_enlargement,
     1: _atelectasis,
@@ -289,6 +316,24 @@ _RENDERERS: dict[int, Callable[[Anatomy, np.random.Generator, int], Finding]] = 
     12: _pneumothorax,
     13: _pulmonary_fibrosis,
 }
+# Sample variants: "default" (the notebooks' sample), "small_thin" (small nodules and thin
+# pleural bands, box statistics the stock cxr_small anchors were not chosen for).
+FINDING_VARIANTS: tuple[str, ...] = ("default", "small_thin")
+_VARIANT_RENDERERS = {
+    "default": _RENDERERS,
+    "small_thin": {**_RENDERERS, 8: _small_nodule, 11: _thin_pleural_band},
+}
+
+
+def renderers(
+    variant: str = "default",
+) -> dict[int, Callable[[Anatomy, np.random.Generator, int], Finding]]:
+    """The finding renderer of each class id in a sample variant (ValueError if unknown)."""
+    if variant not in _VARIANT_RENDERERS:
+        raise ValueError(f"unknown sample variant {variant!r}; choose one of {FINDING_VARIANTS}")
+    return _VARIANT_RENDERERS[variant]
+
+
 # Large or fixed findings first, so that small ones find room around them.
 _DRAW_ORDER = (3, 0, 10, 12, 5, 4, 11, 13, 7, 6, 1, 9, 8, 2)
 
@@ -325,20 +370,23 @@ def place_findings(
     planned: Sequence[int],
     rows: int,
     cols: int,
+    variant: str = "default",
 ) -> tuple[list[int], list[Box]]:
     """In place: draw the planned findings into ``img`` (render size), largest first.
 
     Each one is tried at up to 20 places until it covers no other finding (the
     aorta and the heart stay where they are). Returns one class id and one box
-    per drawn region, in original pixels (``rows`` x ``cols``).
+    per drawn region, in original pixels (``rows`` x ``cols``). ``variant`` picks the
+    renderers (:data:`FINDING_VARIANTS`).
     """
+    draw = renderers(variant)
     h, w = img.shape
     class_ids: list[int] = []
     boxes: list[Box] = []
     for c in sorted(planned, key=_DRAW_ORDER.index):
         finding = None
         for _attempt in range(20):  # find a place that does not cover another finding
-            masks, apply = _RENDERERS[c](anatomy, rng, h)
+            masks, apply = draw[c](anatomy, rng, h)
             pix = [_mask_box(m) for m in masks]
             pix = [b for b in pix if b is not None]
             finding = (pix, apply)

@@ -17,6 +17,7 @@ from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
 from cxrkit.errors import OverwriteError
 from cxrkit.sample.dicom_writer import to_dicom
+from cxrkit.sample.findings import renderers
 from cxrkit.sample.layout import MARKER_NAME, NO_FINDING_PREDICTION, SAMPLE_VERSION
 from cxrkit.sample.plan import CaseSpec, plan_cases
 from cxrkit.sample.render import case_image_id, render_case
@@ -111,6 +112,7 @@ def generate_sample(
     n_train: int = 200,
     n_test: int = 50,
     progress: bool = True,
+    variant: str = "default",
 ) -> Path:
     """Write a synthetic VinBigData-style dataset to ``out_dir`` and return its path.
 
@@ -120,6 +122,12 @@ def generate_sample(
     The same ``seed`` and counts give byte-identical files. The CSVs are written
     last, so a folder with ``train.csv`` is always complete.
 
+    ``variant="small_thin"`` draws Nodule/Mass as small nodules (box side 3-6 % of the
+    image) and Pleural thickening as thin bands (about 2 % wide, 8-12 times as long):
+    box statistics that differ from the default sample's, to check that anchors and
+    input size fitted to the data (:mod:`cxrkit.anchors`) generalize. Same image
+    ids, classes and DICOM storage as the default; the default's bytes are unchanged.
+
     Example::
 
         >>> from cxrkit.sample import generate_sample
@@ -128,6 +136,7 @@ def generate_sample(
         ['.cxrkit-sample', 'sample_submission.csv', 'test', 'test_labels.csv', 'train', 'train.csv']
     """
     _check_args(seed, n_train, n_test)
+    renderers(variant)  # ValueError naming the variants, before touching out_dir
     seed, n_train, n_test = int(seed), int(n_train), int(n_test)
 
     out = Path(out_dir).expanduser()
@@ -138,6 +147,8 @@ def generate_sample(
         f"cxrkit synthetic VinBigData sample\nversion={SAMPLE_VERSION}\nseed={seed}\n"
         f"n_train={n_train}\nn_test={n_test}\n"
     )
+    if variant != "default":  # the default marker stays byte-identical
+        marker += f"variant={variant}\n"
     with atomic_path(out / MARKER_NAME) as tmp:
         tmp.write_text(marker)
 
@@ -145,7 +156,7 @@ def generate_sample(
     truth: list[dict] = []
     test_ids: list[str] = []
     bar_options = {} if progress else {"disable": True}  # else TQDM_DISABLE decides
-    cases = plan_cases(seed, n_train, n_test)
+    cases = plan_cases(seed, n_train, n_test, finding_variant=variant)
     for spec in tqdm(cases, desc="sample images", unit="img", **bar_options):
         image_id, rows = _write_case(spec, out)
         if spec.split == "train":

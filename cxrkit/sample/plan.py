@@ -78,6 +78,7 @@ class CaseSpec:
     class_ids: tuple[int, ...]  # findings to draw (empty: a normal image)
     variant: DicomVariant
     root_seed: int = 0
+    finding_variant: str = "default"  # how findings look (cxrkit.sample.findings.FINDING_VARIANTS)
 
     def rng(self, stream: int = 0) -> np.random.Generator:
         """This image's own generator (independent of how many images there are).
@@ -185,8 +186,14 @@ def _plan_variants(n: int, rng: np.random.Generator) -> list[DicomVariant]:
     return variants
 
 
-def plan_cases(seed: int, n_train: int, n_test: int) -> list[CaseSpec]:
-    """Decide, for every image, its findings and how its DICOM is stored."""
+def plan_cases(
+    seed: int, n_train: int, n_test: int, finding_variant: str = "default"
+) -> list[CaseSpec]:
+    """Decide, for every image, its findings and how its DICOM is stored.
+
+    ``finding_variant`` changes how some findings are drawn, not which ones: the
+    plan (classes, storage, image ids) is the same for every variant.
+    """
     plan_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     cases: list[CaseSpec] = []
     for split_no, (split, n) in enumerate((("train", n_train), ("test", n_test)), start=1):
@@ -196,6 +203,14 @@ def plan_cases(seed: int, n_train: int, n_test: int) -> list[CaseSpec]:
         variants = _plan_variants(n, plan_rng)
         for i in range(n):
             cases.append(
-                CaseSpec(split, i, (split_no, i), findings[i], variants[i], root_seed=seed)
+                CaseSpec(
+                    split,
+                    i,
+                    (split_no, i),
+                    findings[i],
+                    variants[i],
+                    root_seed=seed,
+                    finding_variant=finding_variant,
+                )
             )
     return cases

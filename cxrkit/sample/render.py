@@ -61,7 +61,9 @@ def render_case(spec: CaseSpec) -> Rendered:
     h, w = int(round(rows * RENDER_SCALE)), int(round(cols * RENDER_SCALE))
     img, anatomy = draw_anatomy(rng, h, w)
     base = img.copy()
-    class_ids, boxes = place_findings(img, anatomy, rng, spec.class_ids, rows, cols)
+    class_ids, boxes = place_findings(
+        img, anatomy, rng, spec.class_ids, rows, cols, variant=spec.finding_variant
+    )
     image, base = _finish(img, base, anatomy, rng, rows, cols)
     meta = {
         "image_id": image_id,
