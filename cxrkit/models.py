@@ -284,6 +284,50 @@ def resolve_anchors(
     raise ValueError(f'anchors must be "stock", "auto", an AnchorSpec or None, got {anchors!r}')
 
 
+def _cxr_small_model(
+    num_classes: int,
+    weights: str | os.PathLike | None,
+    min_size: int | None,
+    max_size: int | None,
+    anchors: AnchorsArg,
+    boxes: Any,
+    kwargs: dict[str, Any],
+) -> tuple[nn.Module, Any]:
+    """``cxr_small`` from scratch or from a file, and its fitted anchors (None: stock).
+
+    **cxr_small** is a ~1.6 M-parameter Faster R-CNN (:class:`CxrSmallBackbone`:
+    GroupNorm instead of BatchNorm, because batch statistics over 2-4 images are
+    noise) that trains from scratch on two CPU cores in minutes at 256-384 px.
+    Its anchors are chosen for chest findings, as fractions of the image side so
+    that they follow ``min_size``:
+
+    - sizes 4 %-52 % of the side, two per FPN level (strides 8, 16, 32, 64): a
+      nodule is 3-8 % of the image width (8-20 px at 256 px), aortic enlargement
+      and pleural thickening 5-15 %, effusion and consolidation 15-35 %, and
+      cardiomegaly's box spans 35-55 % of the width (NIH box list; VinDr-CXR is
+      similar). Stride 8 is the finest level: at 256 px a 16 px nodule still
+      covers 2x2 cells, and skipping stride 4 halves the cost (use 384 px for
+      the smallest findings).
+    - aspect ratios (height / width) 0.4, 0.7, 1.0, 1.5, 2.5: wide boxes for
+      cardiomegaly (about 2:1 wide) and apical pleural thickening, tall ones for
+      pleural effusion along the costophrenic angle and lateral thickening, square
+      for nodules. COCO's (0.5, 1, 2) miss the 0.4 and 2.5 cases by more than the
+      0.7 IoU the RPN wants for a positive anchor.
+    """
+    spec = resolve_anchors(anchors, boxes, int(min_size or CXR_SMALL_SIZE))
+    if spec is not None:
+        kwargs["anchor_spec"] = spec
+    if isinstance(weights, str) and weights.upper() == "DEFAULT":
+        raise WeightsError(
+            "cxr_small has no published pretrained weights; use weights=None (train from "
+            "scratch) or the path of a cxrkit checkpoint"
+        )
+    if weights is None:
+        return _build_cxr_small(num_classes, min_size, max_size, **kwargs), spec
+    file_kwargs = {"min_size": min_size, "max_size": max_size, **kwargs}
+    return _build_from_file("cxr_small", num_classes, Path(weights), file_kwargs), spec
+
+
 def build_model(
     name: str = "fasterrcnn_resnet50_fpn",
     num_classes: int = MODEL_NUM_CLASSES,
@@ -318,24 +362,7 @@ def build_model(
     kwargs:
         Passed to ``torchvision.models.detection.FasterRCNN`` (e.g. ``box_score_thresh``).
 
-    **cxr_small** is a ~1.6 M-parameter Faster R-CNN (:class:`CxrSmallBackbone`:
-    GroupNorm instead of BatchNorm, because batch statistics over 2-4 images are
-    noise) that trains from scratch on two CPU cores in minutes at 256-384 px.
-    Its anchors are chosen for chest findings, as fractions of the image side so
-    that they follow ``min_size``:
-
-    - sizes 4 %-52 % of the side, two per FPN level (strides 8, 16, 32, 64): a
-      nodule is 3-8 % of the image width (8-20 px at 256 px), aortic enlargement
-      and pleural thickening 5-15 %, effusion and consolidation 15-35 %, and
-      cardiomegaly's box spans 35-55 % of the width (NIH box list; VinDr-CXR is
-      similar). Stride 8 is the finest level: at 256 px a 16 px nodule still
-      covers 2x2 cells, and skipping stride 4 halves the cost (use 384 px for
-      the smallest findings).
-    - aspect ratios (height / width) 0.4, 0.7, 1.0, 1.5, 2.5: wide boxes for
-      cardiomegaly (about 2:1 wide) and apical pleural thickening, tall ones for
-      pleural effusion along the costophrenic angle and lateral thickening, square
-      for nodules. COCO's (0.5, 1, 2) miss the 0.4 and 2.5 cases by more than the
-      0.7 IoU the RPN wants for a positive anchor.
+    ``cxr_small`` and the choice of its stock anchors: :func:`_cxr_small_model`.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
@@ -345,23 +372,9 @@ def build_model(
         raise ValueError(f"anchors= is for cxr_small; {name} keeps torchvision's anchors")
     spec = None
     if name == "cxr_small":
-        spec = resolve_anchors(anchors, boxes, int(min_size or CXR_SMALL_SIZE))
-        if spec is not None:
-            kwargs["anchor_spec"] = spec
-        if isinstance(weights, str) and weights.upper() == "DEFAULT":
-            raise WeightsError(
-                "cxr_small has no published pretrained weights; use weights=None (train from "
-                "scratch) or the path of a cxrkit checkpoint"
-            )
-        if weights is None:
-            model = _build_cxr_small(num_classes, min_size, max_size, **kwargs)
-        else:
-            model = _build_from_file(
-                name,
-                num_classes,
-                Path(weights),
-                {"min_size": min_size, "max_size": max_size, **kwargs},
-            )
+        model, spec = _cxr_small_model(
+            num_classes, weights, min_size, max_size, anchors, boxes, kwargs
+        )
     else:
         model = _build_torchvision(name, num_classes, weights, min_size, max_size, **kwargs)
     # Remember how the model was built, so a checkpoint can rebuild it (model_from_checkpoint).
