@@ -96,6 +96,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_minutes=args.max_minutes,
         size=args.size,
+        folds=args.folds,
+        fold=args.fold,
     )
     print(result)
     return 0
@@ -177,6 +179,38 @@ def iou_threshold(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
     return value
+
+
+def fold_count(text: str) -> int:
+    """A number of folds: a whole number >= 2."""
+    value = _number(text, int, "a whole number")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, got {text}")
+    return value
+
+
+def _add_fold_options(p: argparse.ArgumentParser) -> None:
+    """``--folds K --fold F``: train one fold of a stratified k-fold split."""
+    p.add_argument(
+        "--folds", type=fold_count, default=None, metavar="K",
+        help="k-fold validation: split the images into K stratified folds, K >= 2 "
+        "(default: none, a --valid-fraction split)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fold", type=non_negative_int, default=None, metavar="F",
+        help="the fold that validates, 0..K-1, with --folds; the run writes its "
+        "out-of-fold predictions (default: none)",
+    )  # fmt: skip
+
+
+def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--folds and --fold together, and F < K: refused in one line before any work."""
+    if getattr(args, "folds", None) is None and getattr(args, "fold", None) is None:
+        return
+    if args.folds is None or args.fold is None:
+        parser.error("--folds K and --fold F go together")
+    if args.fold >= args.folds:
+        parser.error(f"argument --fold: must be one of 0..{args.folds - 1}, got {args.fold}")
 
 
 def output_folder(text: str) -> Path:
@@ -336,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="training image side in pixels (default: per model, 256 for cxr_small, 512 for "
         "the others)",
     )  # fmt: skip
-    p.set_defaults(func=_cmd_train)
+    _add_fold_options(p)
+    p.set_defaults(func=_cmd_train, command_parser=p)
 
     p = command("predict", "predict a split and write a submission CSV")
     p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")
@@ -390,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # no command: the help, not an error
         parser.print_help()
         return 2
+    _check_fold_options(getattr(args, "command_parser", parser), args)
     try:
         return args.func(args)
     except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line

@@ -28,6 +28,7 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "WeightsError": (RuntimeError, "models"),
     "CheckpointError": (RuntimeError, "checkpoints"),
     "ResumeError": (ValueError, "fit"),
+    "FoldError": (ValueError, "data"),
     "NonFiniteLossError": (FloatingPointError, "engine"),
 }
 
