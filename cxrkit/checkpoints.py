@@ -121,7 +121,9 @@ def save_checkpoint(
         "version": CHECKPOINT_VERSION,
         "kind": config.get("kind", "detector"),
         "model_name": config.get("name"),
-        "num_classes": config.get("num_classes", classes_in_state(bare.state_dict(), path)),
+        "num_classes": config["num_classes"]
+        if "num_classes" in config
+        else classes_in_state(bare.state_dict(), path),
         "model_config": config,
         "model": bare.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,

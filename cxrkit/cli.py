@@ -24,7 +24,7 @@ from cxrkit._atomic import write_csv_atomic
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
-from cxrkit.model_names import MODEL_NAMES
+from cxrkit.model_names import CLASSIFIER_NAMES, MODEL_NAMES
 from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
 from cxrkit.submission import parse_submission, validate_submission
@@ -100,6 +100,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fold=args.fold,
     )
     print(result)
+    return 0
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from cxrkit.classifier import train_classifier
+
+    result = train_classifier(
+        data_dir=args.data_dir,
+        annotations_csv=args.annotations_csv,
+        out_dir=args.out,
+        model_name=args.model,
+        epochs=args.epochs,
+        size=args.size,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        lr=args.lr,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        num_workers=args.workers,
+        folds=args.folds,
+        fold=args.fold,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    print(result)
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from cxrkit.classifier import classify
+
+    table = classify(
+        args.checkpoints, args.data_dir, args.out, split=args.split, batch_size=args.batch_size
+    )
+    print(f"p_abnormal of {len(table)} images written to {args.out}")
     return 0
 
 
@@ -372,6 +407,60 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_fold_options(p)
     p.set_defaults(func=_cmd_train, command_parser=p)
+
+    p = command("train-classifier", "train an image-level normal/abnormal classifier")
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
+    p.add_argument(
+        "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
+    )
+    p.add_argument(
+        "--out", type=output_folder, required=True, help="run folder for checkpoints and history"
+    )
+    p.add_argument(
+        "--model", choices=CLASSIFIER_NAMES, default="cls_small", metavar="NAME",
+        help=f"classifier, one of: {', '.join(CLASSIFIER_NAMES)} (cls_small: a small "
+        "from-scratch model for a CPU)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train in all")
+    p.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
+    p.add_argument(
+        "--weights", default=None,
+        help="initial weights: DEFAULT (ImageNet, downloaded; not for cls_small), a local "
+        ".pth file or classifier checkpoint (default: none, random initial weights)",
+    )  # fmt: skip
+    earlier_run = p.add_mutually_exclusive_group()
+    earlier_run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt"
+    )
+    earlier_run.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
+    p.add_argument(
+        "--valid-fraction", type=fraction_open, default=0.2,
+        help="share of the images that validate, between 0 and 1 (without --folds)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=42, help="random seed of the split and training")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0,
+        help="DataLoader worker processes (0: load in the main process)",
+    )  # fmt: skip
+    _add_fold_options(p)
+    p.set_defaults(func=_cmd_train_classifier, command_parser=p)
+
+    p = command("classify", "write p_abnormal of each image of a split (classifiers averaged)")
+    p.add_argument(
+        "checkpoints", type=Path, nargs="+", metavar="CKPT",
+        help="classifier checkpoint(s) (RUN/best.pt); several are averaged",
+    )  # fmt: skip
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (SPLIT/*.png, SPLIT_meta.csv)")
+    p.add_argument(
+        "--out", type=output_file, required=True, help="CSV to write: image_id,p_abnormal"
+    )
+    p.add_argument("--split", default="test", help="the split of data_dir to classify")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    p.set_defaults(func=_cmd_classify)
 
     p = command("predict", "predict a split and write a submission CSV")
     p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")

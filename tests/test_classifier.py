@@ -1,0 +1,207 @@
+"""The normal/abnormal classifier (issue 9): models, targets, AUC, kinds of checkpoints, runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrkit.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from cxrkit.classifier import (
+    ClassifierDataset,
+    abnormal_labels,
+    build_classifier,
+    classifier_from_checkpoint,
+    classify,
+    pos_weight,
+    roc_auc,
+    train_classifier,
+)
+from cxrkit.errors import ResumeError, WeightsError
+from cxrkit.labels import NO_FINDING_ID
+from cxrkit.model_names import CLASSIFIER_NAMES
+from cxrkit.train import predict_to_submission
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_NAMES)
+def test_every_classifier_gives_one_logit_per_image(name):
+    torch.manual_seed(0)
+    model = build_classifier(name).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert tuple(out.shape) == (2, 1) and torch.isfinite(out).all()
+    assert model.cxrkit_config["kind"] == "classifier"
+
+
+def test_small_model_is_small_and_has_no_published_weights():
+    model = build_classifier("cls_small")
+    assert sum(p.numel() for p in model.parameters()) < 500_000
+    with pytest.raises(WeightsError, match="no published weights"):
+        build_classifier("cls_small", weights="DEFAULT")
+    with pytest.raises(ValueError, match="unknown classifier"):
+        build_classifier("resnet9")
+
+
+def test_local_weights_load_and_an_imagenet_head_is_replaced(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    imagenet_like = torchvision.models.resnet18(weights=None)  # 1000 outputs
+    torch.save(imagenet_like.state_dict(), tmp_path / "r18.pth")
+    model = build_classifier("resnet18", weights=tmp_path / "r18.pth")
+    assert torch.equal(model.conv1.weight, imagenet_like.conv1.weight)
+    assert model.fc.out_features == 1
+    small = build_classifier("cls_small")
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    again = build_classifier("cls_small", weights=str(tmp_path / "small.pth"))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(small.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+
+
+def test_abnormal_means_any_finding_and_pos_weight_balances_the_classes():
+    table = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b", "c", "c", "d"],
+            "class_id": [3, NO_FINDING_ID, NO_FINDING_ID, 0, 8, NO_FINDING_ID],
+        }
+    )
+    labels = abnormal_labels(table)
+    assert labels.to_dict() == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0}
+    assert pos_weight([1, 0, 0, 0]) == 3.0
+    assert pos_weight([1, 1]) == 1.0  # no negatives: nothing to balance
+    y = np.array([1, 0, 0, 0, 1, 0])
+    w = pos_weight(y)
+    assert w * y.sum() == (1 - y).sum()  # equal total weight per class
+
+
+def test_roc_auc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50)
+    s = np.round(rng.random(50), 1)  # ties
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in s[y == 1] for b in s[y == 0]]
+    assert roc_auc(y, s) == pytest.approx(np.mean(pairs))
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2]) == 1.0
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_dataset_resizes_normalises_and_flips(tmp_path):
+    import cv2
+
+    image = np.zeros((40, 40), np.uint8)
+    image[:, :10] = 255
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    ds = ClassifierDataset(tmp_path, ["x"], pd.Series({"x": 1.0}), size=32)
+    x, y, image_id = ds[0]
+    assert tuple(x.shape) == (3, 32, 32) and float(y) == 1.0 and image_id == "x"
+    assert x[0, :, 0].mean() > x[0, :, -1].mean()
+    flipped = ClassifierDataset(tmp_path, ["x"], size=32, augment=True)
+    sides = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        fx, _, _ = flipped[0]
+        sides.add(bool(fx[0, :, 0].mean() > fx[0, :, -1].mean()))
+    assert sides == {True, False}
+
+
+def _classifier_ckpt(path):
+    model = build_classifier("cls_small")
+    save_checkpoint(path, model, epoch=1, config={"size": 64})
+    return path
+
+
+def test_checkpoints_record_their_kind_and_the_wrong_kind_is_refused(tmp_path):
+    ckpt = _classifier_ckpt(tmp_path / "cls.pt")
+    assert load_checkpoint(ckpt)["kind"] == "classifier"
+    assert classifier_from_checkpoint(ckpt).cxrkit_size == 64
+    with pytest.raises(CheckpointError, match="holds a normal/abnormal classifier.*a detector"):
+        predict_to_submission(ckpt, tmp_path, tmp_path / "sub.csv")
+
+    from helpers import small_model
+
+    detector = tmp_path / "det.pt"
+    save_checkpoint(detector, small_model(64), epoch=1)
+    assert load_checkpoint(detector)["kind"] == "detector"
+    old = torch.load(detector, weights_only=True)
+    del old["kind"]  # a file written before classifiers existed
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").get("kind") is None
+    for path in (detector, tmp_path / "old.pt"):
+        with pytest.raises(CheckpointError, match="holds a detector.*classifier"):
+            classify([path], tmp_path)
+
+
+def test_classify_cli_refuses_a_detector_in_one_line(tmp_path):
+    from helpers import small_model
+
+    save_checkpoint(tmp_path / "det.pt", small_model(64), epoch=1)
+    cmd = [sys.executable, "-m", "cxrkit", "classify", str(tmp_path / "det.pt"), str(tmp_path)]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "p.csv")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "holds a detector" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_train_classifier_help_names_the_small_cpu_model():
+    done = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "train-classifier", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "cls_small" in text and "CPU" in text and "--folds K" in text
+
+
+# --------------------------------------------------------------------- training runs
+@pytest.mark.slow
+def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
+    sample_data, preprocessed, tmp_path, monkeypatch
+):
+    import cxrkit.classifier
+
+    csv = sample_data / "train.csv"
+    settings = {"epochs": 2, "size": 64, "batch_size": 8, "seed": 3, "folds": 2, "fold": 1}
+    whole = train_classifier(preprocessed, csv, tmp_path / "whole", **settings)
+    assert whole.epochs_done == 2 and len(whole.history) == 2
+    assert load_checkpoint(tmp_path / "whole" / "last.pt")["kind"] == "classifier"
+
+    real_epoch = cxrkit.classifier._train_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[-1] == 2:  # the epoch number: stop the run in its second epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cxrkit.classifier, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(preprocessed, csv, tmp_path / "cut", **settings)
+    monkeypatch.setattr(cxrkit.classifier, "_train_epoch", real_epoch)
+    resumed = train_classifier(preprocessed, csv, tmp_path / "cut", resume=True, **settings)
+    assert resumed.epochs_done == 2
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact resume on CPU
+    with pytest.raises(ResumeError, match="fold: the run used 1, this call asks for 0"):
+        train_classifier(
+            preprocessed, csv, tmp_path / "whole", resume=True, **{**settings, "fold": 0}
+        )
+
+    split = pd.read_csv(tmp_path / "whole" / "split.csv", dtype=str)
+    oof = pd.read_csv(tmp_path / "whole" / "oof.csv", dtype={"image_id": str})
+    assert set(oof["image_id"]) == set(split.loc[split["subset"] == "valid", "image_id"])
+    assert oof["p_abnormal"].between(0, 1).all()
+
+    out = tmp_path / "probs.csv"
+    best = tmp_path / "whole" / "best.pt"
+    one = classify([best], preprocessed, out)
+    two = classify([best, tmp_path / "cut" / "best.pt"], preprocessed)
+    assert list(pd.read_csv(out).columns) == ["image_id", "p_abnormal"]
+    assert np.allclose(one["p_abnormal"], two["p_abnormal"])  # the mean of equal models
+    test_ids = pd.read_csv(preprocessed / "test_meta.csv", dtype=str)["image_id"]
+    assert list(one["image_id"]) == list(test_ids)
