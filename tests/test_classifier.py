@@ -205,3 +205,111 @@ def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
     assert np.allclose(one["p_abnormal"], two["p_abnormal"])  # the mean of equal models
     test_ids = pd.read_csv(preprocessed / "test_meta.csv", dtype=str)["image_id"]
     assert list(one["image_id"]) == list(test_ids)
+
+
+# ------------------------------------------------------------- combination (postprocess)
+def _preds_and_probs():
+    cols = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
+    preds = pd.DataFrame(
+        [
+            ("n", 3, 0.6, 10, 10, 50, 50),  # p 0.05: normal
+            ("m", 0, 0.8, 10, 10, 50, 50),  # p 0.5: middle band
+            ("m", 3, 0.3, 20, 20, 60, 60),
+            ("m", NO_FINDING_ID, 0.9, 0, 0, 1, 1),  # an earlier class-14 row: replaced
+            ("a", 8, 0.7, 5, 5, 9, 9),  # p 0.95: abnormal
+        ],
+        columns=cols,
+    )
+    probs = pd.DataFrame({"image_id": ["n", "m", "a", "e"], "p_abnormal": [0.05, 0.5, 0.95, 0.2]})
+    return preds, probs
+
+
+def _no_finding(table):
+    rows = table[table["class_id"] == NO_FINDING_ID]
+    assert rows["image_id"].is_unique
+    return rows.set_index("image_id")["score"].to_dict()
+
+
+def test_bands_drop_boxes_of_normal_images_and_append_one_minus_p_in_between():
+    from cxrkit.postprocess import apply_classifier
+
+    preds, probs = _preds_and_probs()
+    out = apply_classifier(preds, probs, low=0.1, high=0.9)
+    findings = out[out["class_id"] != NO_FINDING_ID]
+    assert sorted(findings["image_id"]) == ["a", "m", "m"]  # n's box dropped
+    assert _no_finding(out) == pytest.approx({"n": 1.0, "m": 0.5, "a": 1 - 0.7, "e": 0.8})
+    assert set(out["image_id"]) == {"n", "m", "a", "e"}
+
+
+def test_bands_at_zero_give_the_detector_alone_and_soft_scales_scores():
+    from cxrkit.postprocess import apply_classifier
+    from cxrkit.submission import add_no_finding
+
+    preds, probs = _preds_and_probs()
+    ids = list(probs["image_id"])
+    alone = add_no_finding(preds, ids)
+    same = apply_classifier(preds, probs, 0.0, 0.0)
+    key = ["image_id", "class_id", "score"]
+    assert (
+        same.sort_values(key)
+        .reset_index(drop=True)[key]
+        .equals(alone.sort_values(key).reset_index(drop=True)[key].astype({"class_id": "int64"}))
+    )
+    soft = apply_classifier(preds, probs, mode="soft")
+    assert soft.loc[soft["image_id"].eq("m") & soft["class_id"].eq(0), "score"].item() == 0.4
+    assert _no_finding(soft) == pytest.approx({"n": 0.95, "m": 0.5, "a": 0.05, "e": 0.8})
+
+
+def test_combination_refuses_bad_bands_and_missing_probabilities():
+    from cxrkit.errors import SubmissionError
+    from cxrkit.postprocess import apply_classifier
+
+    preds, probs = _preds_and_probs()
+    with pytest.raises(SubmissionError, match="low <= high.*low=0.6 and high=0.3"):
+        apply_classifier(preds, probs, low=0.6, high=0.3)
+    with pytest.raises(SubmissionError, match=r"no p_abnormal for 1 image\(s\).*\['a'\]"):
+        apply_classifier(preds, probs[probs["image_id"] != "a"])
+    with pytest.raises(SubmissionError, match=r"no p_abnormal for 1 image\(s\).*\['z'\]"):
+        apply_classifier(preds, probs, image_ids=["n", "m", "a", "z"])
+    with pytest.raises(SubmissionError, match="more than once"):
+        apply_classifier(preds, pd.concat([probs, probs.head(1)]))
+
+
+def test_tuning_finds_bands_that_remove_false_positives_on_normal_images():
+    from cxrkit.metrics import bootstrap_map, vinbigdata_map
+    from cxrkit.postprocess import tune_bands
+
+    rng = np.random.default_rng(0)
+    truth_rows, pred_rows, probs = [], [], {}
+    for i in range(30):
+        image_id = f"i{i}"
+        abnormal = i % 2 == 0
+        if abnormal:
+            truth_rows.append((image_id, 3, 10.0, 10.0, 50.0, 50.0))
+            pred_rows.append((image_id, 3, 0.5 + 0.4 * rng.random(), 11, 11, 50, 50))
+        else:
+            truth_rows.append((image_id, NO_FINDING_ID, np.nan, np.nan, np.nan, np.nan))
+            pred_rows.append((image_id, 3, 0.6 + 0.4 * rng.random(), 100, 100, 150, 150))  # a FP
+        probs[image_id] = 0.7 + 0.3 * rng.random() if abnormal else 0.3 * rng.random()
+    truth = pd.DataFrame(
+        truth_rows, columns=["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
+    )
+    preds = pd.DataFrame(
+        pred_rows, columns=["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
+    )
+    choice = tune_bands(preds, pd.Series(probs), truth, n_boot=20)
+    assert 0.3 <= choice.low <= 0.7 and choice.map == pytest.approx(1.0)
+    assert choice.baseline_map < 0.9 and choice.gain_interval[0] > 0
+    assert choice.interval[0] <= choice.map <= choice.interval[1] + 1e-9
+    assert len(choice.grid) == sum(1 for a in range(13) for b in range(13) if a <= b)
+
+    boot = bootstrap_map({"x": preds}, truth, n_boot=5, seed=1)
+    assert boot.shape == (5, 1) and boot["x"].between(0, 1).all()
+    truth_only = truth.assign(score=1.0)
+    from cxrkit.submission import add_no_finding
+
+    perfect = add_no_finding(
+        truth_only[truth_only["class_id"] != NO_FINDING_ID].fillna(0), truth["image_id"]
+    )
+    assert vinbigdata_map(perfect, truth).map == 1.0
+    assert (bootstrap_map({"p": perfect}, truth, n_boot=5)["p"] == 1.0).all()
