@@ -139,16 +139,35 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cxrkit.train import predict_to_submission
+    if len(args.checkpoints) == 1 and not args.classifier:  # the single-model path, as before
+        from cxrkit.train import predict_to_submission
 
-    path = predict_to_submission(
-        checkpoint=args.checkpoint,
-        data_dir=args.data_dir,
-        out_csv=args.out,
-        split=args.split,
-        tta=args.tta,
-        batch_size=args.batch_size,
-    )
+        path = predict_to_submission(
+            checkpoint=args.checkpoints[0],
+            data_dir=args.data_dir,
+            out_csv=args.out,
+            split=args.split,
+            tta=args.tta,
+            batch_size=args.batch_size,
+        )
+    else:
+        from cxrkit.ensemble import predict_ensemble
+
+        path = predict_ensemble(
+            args.checkpoints,
+            args.data_dir,
+            args.out,
+            split=args.split,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            classifiers=args.classifier or (),
+            low=args.low,
+            high=args.high,
+            mode=args.mode,
+            iou_thr=args.wbf_iou,
+            skip_box_thr=args.wbf_skip,
+            weights=args.wbf_weights,
+        )
     print(f"submission written to {path}")
     return 0
 
@@ -238,6 +257,19 @@ def _add_fold_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--low <= --high and one --wbf-weights per checkpoint, before any work."""
+    if getattr(args, "command", None) != "predict":
+        return
+    if args.low > args.high:
+        parser.error(f"--low {args.low:g} is above --high {args.high:g}; need low <= high")
+    if args.wbf_weights is not None and len(args.wbf_weights) != len(args.checkpoints):
+        parser.error(
+            f"--wbf-weights gives {len(args.wbf_weights)} weight(s) for "
+            f"{len(args.checkpoints)} checkpoint(s); give one per checkpoint"
+        )
+
+
 def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--folds and --fold together, and F < K: refused in one line before any work."""
     if getattr(args, "folds", None) is None and getattr(args, "fold", None) is None:
@@ -246,6 +278,14 @@ def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--folds K and --fold F go together")
     if args.fold >= args.folds:
         parser.error(f"argument --fold: must be one of 0..{args.folds - 1}, got {args.fold}")
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1] (a probability or score threshold)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
 
 def output_folder(text: str) -> Path:
@@ -463,13 +503,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_classify)
 
     p = command("predict", "predict a split and write a submission CSV")
-    p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")
+    p.add_argument(
+        "checkpoints", type=Path, nargs="+", metavar="CKPT",
+        help="detector checkpoint(s) (RUN/best.pt); several are fused with WBF",
+    )  # fmt: skip
     p.add_argument("data_dir", type=Path, help="preprocessed folder (SPLIT/*.png, SPLIT_meta.csv)")
     p.add_argument("--out", type=output_file, required=True, help="submission CSV to write")
     p.add_argument("--split", default="test", help="the split of data_dir to predict")
     p.add_argument("--tta", action="store_true", help="average with a horizontal flip")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch")
-    p.set_defaults(func=_cmd_predict)
+    p.add_argument(
+        "--classifier", type=Path, nargs="+", default=None, metavar="CLS_CKPT",
+        help="normal/abnormal classifier checkpoint(s), averaged; their p_abnormal sets the "
+        "No finding line and drops boxes on likely-normal images (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--low", type=probability, default=0.1,
+        help="with --classifier: below this p_abnormal the boxes go and No finding scores 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--high", type=probability, default=0.9,
+        help="with --classifier: from this p_abnormal on the boxes stay without 14 (1 - p)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mode", choices=("bands", "soft"), default="bands",
+        help="with --classifier: bands (--low/--high) or soft (finding scores x p_abnormal)",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-iou", type=iou_threshold, default=0.55,
+        help="several checkpoints: IoU above which their boxes fuse, in (0, 1]",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-skip", type=probability, default=0.0,
+        help="several checkpoints: boxes scored below this are left out of the fusion",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-weights", type=positive_float, nargs="+", default=None, metavar="W",
+        help="several checkpoints: one weight per checkpoint (default: equal)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_predict, command_parser=p)
 
     p = command("evaluate", "score a submission with the competition metric")
     p.add_argument("submission_csv", type=Path, help="submission with a row for each truth image")
@@ -515,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _check_fold_options(getattr(args, "command_parser", parser), args)
+    _check_predict_options(getattr(args, "command_parser", parser), args)
     try:
         return args.func(args)
     except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line

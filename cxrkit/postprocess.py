@@ -202,6 +202,14 @@ def merge_tta(
 
 
 # ------------------------------------------------- image-level classifier + detector
+def check_bands(low: float, high: float) -> None:
+    """Refuse bands that are not ``0 <= low <= high <= 1`` (:class:`SubmissionError`)."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise SubmissionError(
+            f"need 0 <= low <= high <= 1 for the bands, got low={low} and high={high}"
+        )
+
+
 def apply_classifier(
     predictions: pd.DataFrame,
     probs: pd.DataFrame | pd.Series,
@@ -233,10 +241,8 @@ def apply_classifier(
     """
     if mode not in ("bands", "soft"):
         raise ValueError(f"mode must be 'bands' or 'soft', got {mode!r}")
-    if mode == "bands" and not 0.0 <= low <= high <= 1.0:
-        raise SubmissionError(
-            f"need 0 <= low <= high <= 1 for the bands, got low={low} and high={high}"
-        )
+    if mode == "bands":
+        check_bands(low, high)
     if isinstance(probs, pd.DataFrame):
         if not {"image_id", "p_abnormal"} <= set(probs.columns):
             raise SubmissionError(

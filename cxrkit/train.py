@@ -412,6 +412,58 @@ def checkpoint_size(ckpt: dict[str, Any]) -> int:
     return int(config.get("size") or ckpt.get("size") or model_config.get("min_size") or 512)
 
 
+def check_detector_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Load a detector checkpoint for prediction, refusing a classifier's or one trained
+    for another class count (:class:`CheckpointError`) before any image is read."""
+    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
+    require_kind(ckpt, "detector", checkpoint)  # not a classifier's
+    classes = classes_in_state(ckpt["model"], checkpoint)
+    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
+        raise CheckpointError(
+            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
+            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
+            "another task and cannot write a valid submission"
+        )
+    return ckpt
+
+
+def read_split(data_dir: str | os.PathLike, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
+    """The meta table and image ids of ``data_dir/split``, checking that every PNG is there."""
+    data = Path(data_dir)
+    meta_path = data / f"{split}_meta.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
+        )
+    meta = load_meta(meta_path)
+    ids = list(meta["image_id"].astype(str))
+    check_images_exist(data / split, ids)
+    return meta, ids
+
+
+def predict_split(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """A detector checkpoint's predictions table (original pixels, no No finding rows)
+    on ``data_dir/split``, with the image ids and the meta table."""
+    ckpt = check_detector_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    size = checkpoint_size(ckpt)
+    meta, ids = read_split(data_dir, split)
+    dataset = TestDataset(Path(data_dir) / split, ids=ids, transforms=test_transforms(size))
+    device = try_gpu()
+    model.to(device)
+    preds = predict(
+        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
+    )
+    return preds, dataset.image_ids, meta
+
+
 def predict_to_submission(
     checkpoint: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -428,32 +480,8 @@ def predict_to_submission(
     images are resized to the training size, boxes mapped back to original pixels
     with ``data_dir/{split}_meta.csv``, and every image gets its findings plus a
     ``14 p 0 0 1 1`` No finding entry (:func:`cxrkit.submission.prediction_strings`).
+    Several checkpoints and a classifier: :func:`cxrkit.ensemble.predict_ensemble`.
     """
-    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
-    require_kind(ckpt, "detector", checkpoint)  # not a classifier's
-    classes = classes_in_state(ckpt["model"], checkpoint)
-    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
-        raise CheckpointError(
-            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
-            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
-            "another task and cannot write a valid submission"
-        )
-    model = model_from_checkpoint(checkpoint)
-    size = checkpoint_size(ckpt)
-    data = Path(data_dir)
-    meta_path = data / f"{split}_meta.csv"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
-        )
-    meta = load_meta(meta_path)
-    ids = list(meta["image_id"].astype(str))
-    check_images_exist(data / split, ids)
-    dataset = TestDataset(data / split, ids=ids, transforms=test_transforms(size))
-    device = try_gpu()
-    model.to(device)
-    preds = predict(
-        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
-    )
-    submission = prediction_strings(preds, dataset.image_ids, meta=meta)
-    return write_submission(submission, out_csv, image_ids=dataset.image_ids, meta=meta)
+    preds, ids, meta = predict_split(checkpoint, data_dir, split, tta, batch_size, num_workers)
+    submission = prediction_strings(preds, ids, meta=meta)
+    return write_submission(submission, out_csv, image_ids=ids, meta=meta)

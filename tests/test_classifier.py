@@ -313,3 +313,87 @@ def test_tuning_finds_bands_that_remove_false_positives_on_normal_images():
     )
     assert vinbigdata_map(perfect, truth).map == 1.0
     assert (bootstrap_map({"p": perfect}, truth, n_boot=5)["p"] == 1.0).all()
+
+
+# ----------------------------------------------------------------------- ensembles
+def test_fuse_tables_keeps_agreed_boxes_and_halves_a_lone_one():
+    from cxrkit.ensemble import fuse_tables
+
+    cols = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
+    a = pd.DataFrame(
+        [("x", 3, 0.8, 100, 100, 300, 300), ("x", 0, 0.6, 10, 10, 50, 50)], columns=cols
+    )
+    b = pd.DataFrame([("x", 3, 0.6, 110, 100, 310, 300)], columns=cols)
+    meta = pd.DataFrame({"image_id": ["x", "y"], "dim0": [1000, 800], "dim1": [800, 800]})
+    fused = fuse_tables([a, b], meta, ["x", "y"]).sort_values("class_id", ignore_index=True)
+    assert list(fused["class_id"]) == [0, 3] and set(fused["image_id"]) == {"x"}
+    assert fused["score"].tolist() == pytest.approx([0.3, 0.7])  # lone box: half its score
+    assert fused.loc[1, "x_min"] == pytest.approx((100 * 0.8 + 110 * 0.6) / 1.4, abs=1e-3)
+    weighted = fuse_tables([a, b], meta, ["x", "y"], weights=[3, 1])
+    assert weighted.loc[weighted["class_id"] == 0, "score"].item() == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="one per model"):
+        fuse_tables([a, b], meta, ["x"], weights=[1])
+
+
+def test_predict_refuses_a_classifier_as_detector_and_bad_bands_in_one_line(tmp_path):
+    cls = _classifier_ckpt(tmp_path / "cls.pt")
+    base = [sys.executable, "-m", "cxrkit", "predict"]
+    out = ["--out", str(tmp_path / "sub.csv")]
+    for argv, message in [
+        ([str(cls), str(tmp_path)], "holds a normal/abnormal classifier"),
+        ([str(cls), str(cls), str(tmp_path)], "holds a normal/abnormal classifier"),
+        (
+            [str(cls), str(tmp_path), "--low", "0.6", "--high", "0.3"],
+            "--low 0.6 is above --high 0.3",
+        ),
+        ([str(cls), str(cls), str(tmp_path), "--wbf-weights", "1"], "one per checkpoint"),
+        ([str(cls), str(tmp_path), "--low", "1.5"], "argument --low: must be between 0 and 1"),
+    ]:
+        done = subprocess.run([*base, *argv, *out], capture_output=True, text=True)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.slow
+def test_ensemble_with_tta_and_classifier_writes_a_valid_submission(preprocessed, tmp_path):
+    from helpers import small_model
+
+    from cxrkit.ensemble import predict_ensemble
+    from cxrkit.submission import parse_submission, validate_submission
+    from cxrkit.train import predict_to_submission
+
+    detectors = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = small_model(64)
+        path = tmp_path / f"det{seed}.pt"
+        save_checkpoint(path, model, epoch=1, config={"size": 64})
+        detectors.append(path)
+    cls = _classifier_ckpt(tmp_path / "cls.pt")
+    ids = pd.read_csv(preprocessed / "test_meta.csv", dtype=str)["image_id"]
+    meta = pd.read_csv(preprocessed / "test_meta.csv", dtype={"image_id": str})
+
+    single = predict_to_submission(detectors[0], preprocessed, tmp_path / "single.csv")
+    again = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "predict", str(detectors[0]), str(preprocessed),
+         "--out", str(tmp_path / "cli.csv")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "cli.csv").read_bytes() == single.read_bytes()
+
+    sub = predict_ensemble(
+        detectors, preprocessed, tmp_path / "ens.csv", tta=True, classifiers=[cls],
+        low=0.2, high=0.8, probs_csv=tmp_path / "probs.csv",
+    )  # fmt: skip
+    table = validate_submission(sub, image_ids=ids, meta=meta)
+    assert list(table["image_id"]) == list(ids)
+    probs = pd.read_csv(tmp_path / "probs.csv", dtype={"image_id": str}).set_index("image_id")
+    parsed = parse_submission(sub)
+    nf = parsed[parsed["class_id"] == NO_FINDING_ID].set_index("image_id")["score"]
+    p = probs["p_abnormal"].reindex(nf.index)
+    expected = np.where(p < 0.2, 1.0, np.where(p < 0.8, 1 - p, nf))
+    assert np.allclose(nf, expected, atol=1e-6)
+    boxes = parsed[parsed["class_id"] != NO_FINDING_ID]
+    assert not set(boxes["image_id"]) & set(p.index[p < 0.2])  # likely-normal: no boxes

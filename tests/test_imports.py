@@ -14,6 +14,7 @@ PACKAGE = ROOT / "cxrkit"
 DELIBERATE_LAZY = {
     ("cxrkit.cli", "cxrkit.train"),
     ("cxrkit.cli", "cxrkit.classifier"),
+    ("cxrkit.cli", "cxrkit.ensemble"),
     ("cxrkit.data", "cxrkit.transforms"),
     ("cxrkit.paths", "cxrkit.sample"),
 }
