@@ -22,6 +22,7 @@ Not done: DistributedDataParallel (one process trains; the detector has it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -307,7 +308,7 @@ class ClassifierResult:
         return f"trained {self.epochs_done} epoch(s); best validation AUC {best}; files in {self.out_dir}"
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
@@ -319,10 +320,15 @@ def _train_epoch(
     """One pass; the mean loss (:class:`cxrkit.engine.Averager`), a progress bar."""
     model.train()
     loss_avg = Averager()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16)
+        if scaler is not None
+        else contextlib.nullcontext()  # not even a disabled autocast on the CPU
+    )
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     for images, labels, _ in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+        with autocast:
             loss = loss_fn(model(images).squeeze(1).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -443,7 +449,7 @@ def train_classifier(
             t0 = time.monotonic()
             seed_epoch(train_loader, cfg.seed, epoch)
             lr_now = optimizer.param_groups[0]["lr"]
-            loss = _train_epoch(model, train_loader, optimizer, loss_fn, device, scaler, epoch + 1)
+            loss = train_epoch(model, train_loader, optimizer, loss_fn, device, scaler, epoch + 1)
             scheduler.step()
             probs = predict_probabilities(model, valid_loader, device)
             auc = roc_auc(labels[probs["image_id"]].to_numpy(), probs["p_abnormal"])

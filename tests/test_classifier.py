@@ -171,17 +171,17 @@ def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
     assert whole.epochs_done == 2 and len(whole.history) == 2
     assert load_checkpoint(tmp_path / "whole" / "last.pt")["kind"] == "classifier"
 
-    real_epoch = cxrkit.classifier._train_epoch
+    real_epoch = cxrkit.classifier.train_epoch
 
     def interrupted(*args, **kwargs):
         if args[-1] == 2:  # the epoch number: stop the run in its second epoch
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(cxrkit.classifier, "_train_epoch", interrupted)
+    monkeypatch.setattr(cxrkit.classifier, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(preprocessed, csv, tmp_path / "cut", **settings)
-    monkeypatch.setattr(cxrkit.classifier, "_train_epoch", real_epoch)
+    monkeypatch.setattr(cxrkit.classifier, "train_epoch", real_epoch)
     resumed = train_classifier(preprocessed, csv, tmp_path / "cut", resume=True, **settings)
     assert resumed.epochs_done == 2
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
