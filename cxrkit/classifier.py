@@ -404,7 +404,9 @@ def train_classifier(
         train_ids, valid_ids = run_split(table, cfg)
         check_images_exist(image_dir, [*train_ids, *valid_ids])
         last = out / "last.pt"
-        settings_now = {**asdict(cfg), "kind": "classifier"}
+        # the schedule's length too: a resume with other epochs would bend the cosine
+        schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
+        settings_now = {**asdict(cfg), **schedule, "kind": "classifier"}
         if resume and last.is_file():
             saved = load_checkpoint(last)
             require_kind(saved, "classifier", last)

@@ -191,6 +191,10 @@ def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
         train_classifier(
             preprocessed, csv, tmp_path / "whole", resume=True, **{**settings, "fold": 0}
         )
+    with pytest.raises(ResumeError, match="cosine schedule was planned for 2 epochs"):
+        train_classifier(
+            preprocessed, csv, tmp_path / "whole", resume=True, **{**settings, "epochs": 3}
+        )
 
     split = pd.read_csv(tmp_path / "whole" / "split.csv", dtype=str)
     oof = pd.read_csv(tmp_path / "whole" / "oof.csv", dtype={"image_id": str})
