@@ -43,9 +43,9 @@ from cxrkit._progress import tqdm
 from cxrkit.annotations import load_meta
 from cxrkit.checkpoints import load_checkpoint, require_kind, save_checkpoint
 from cxrkit.data import check_fold, check_images_exist, read_png
-from cxrkit.distributed import DistInfo
+from cxrkit.distributed import DistInfo, dist_info
 from cxrkit.engine import Averager
-from cxrkit.errors import CheckpointError, DatasetError, WeightsError
+from cxrkit.errors import CheckpointError, DatasetError, UnsupportedError, WeightsError
 from cxrkit.fit import refuse_other_settings, seed_epoch
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.model_names import CLASSIFIER_NAMES
@@ -393,6 +393,12 @@ def train_classifier(
     """
     cfg = replace(config or ClassifierConfig(), **settings).checked()
     out = Path(out_dir)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if under_torchrun or dist_info().enabled:  # each rank would train alone, same files
+        raise UnsupportedError(
+            "train-classifier runs in one process; under torchrun it would train the same "
+            "model once per process into one folder. Run it with python -m cxrkit instead"
+        )
     info = DistInfo()  # one process: the run folder helpers expect a rank
     device = try_gpu()
     with run_folder_lock(out, info, device):

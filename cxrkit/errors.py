@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "ResumeError",
     "FoldError",
+    "UnsupportedError",
     "NonFiniteLossError",
     "SubmissionError",
 ]
@@ -102,6 +103,10 @@ class ResumeError(CxrkitError, ValueError):
 class FoldError(CxrkitError, ValueError):
     """A k-fold setting is impossible (a fold index outside ``0..K-1``, fewer than 2
     folds or images) or out-of-fold tables do not cover each image exactly once."""
+
+
+class UnsupportedError(CxrkitError, NotImplementedError):
+    """A way of running that cxrkit does not offer (yet), e.g. the classifier under torchrun."""
 
 
 class NonFiniteLossError(CxrkitError, FloatingPointError):

@@ -401,3 +401,15 @@ def test_ensemble_with_tta_and_classifier_writes_a_valid_submission(preprocessed
     assert np.allclose(nf, expected, atol=1e-6)
     boxes = parsed[parsed["class_id"] != NO_FINDING_ID]
     assert not set(boxes["image_id"]) & set(p.index[p < 0.2])  # likely-normal: no boxes
+
+
+def test_train_classifier_refuses_torchrun_in_one_line(tmp_path):
+    import os
+
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    cmd = [sys.executable, "-m", "cxrkit", "train-classifier", str(tmp_path), "t.csv"]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2 and "under torchrun" in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()

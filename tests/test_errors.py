@@ -29,6 +29,7 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "CheckpointError": (RuntimeError, "checkpoints"),
     "ResumeError": (ValueError, "fit"),
     "FoldError": (ValueError, "data"),
+    "UnsupportedError": (NotImplementedError, "classifier"),
     "NonFiniteLossError": (FloatingPointError, "engine"),
 }
 
