@@ -44,10 +44,19 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "schedule_settings",
+    "checkpoint_kind",
+    "require_kind",
 ]
 
 CHECKPOINT_FORMAT = "cxrkit-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the run's settings in one dict, ckpt["config"]
+# What a checkpoint holds: ckpt["kind"]; files written before classifiers existed
+# have no kind and hold detectors.
+KINDS = ("detector", "classifier")
+USE_OF_KIND = {
+    "detector": "a detector (train; predict writes a submission with it)",
+    "classifier": "a normal/abnormal classifier (train-classifier; classify uses it)",
+}
 
 
 def _numpy_rng_state() -> dict[str, Any]:
@@ -111,8 +120,11 @@ def save_checkpoint(
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "kind": config.get("kind", "detector"),
         "model_name": config.get("name"),
-        "num_classes": config.get("num_classes", classes_in_state(bare.state_dict(), path)),
+        "num_classes": config["num_classes"]
+        if "num_classes" in config
+        else classes_in_state(bare.state_dict(), path),
         "model_config": config,
         "model": bare.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -145,6 +157,23 @@ def schedule_settings(
     elif "T_max" in sched:
         out.update(schedule="cosine", T_max=sched["T_max"])
     return out
+
+
+def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:
+    """``"detector"`` or ``"classifier"``: ``ckpt["kind"]``, a detector when absent (older files)."""
+    return str(ckpt.get("kind") or "detector")
+
+
+def require_kind(ckpt: Mapping[str, Any], kind: str, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of another kind with a :class:`CheckpointError` saying
+    what the file holds and which command uses it (a classifier given to ``predict``,
+    a detector given to ``classify``)."""
+    found = checkpoint_kind(ckpt)
+    if found != kind:
+        raise CheckpointError(
+            f"checkpoint {path} holds {USE_OF_KIND.get(found, repr(found))}, but "
+            f"{USE_OF_KIND.get(kind, repr(kind))} is needed here"
+        )
 
 
 def _upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +272,7 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") ->
             f"{path} is not a cxrkit checkpoint (no model name stored); build the model with "
             "build_model(name, weights=path) instead"
         )
+    require_kind(ckpt, "detector", path)
     config = dict(ckpt.get("model_config") or {})
     name = ckpt.get("model_name") or config.get("name")
     if name not in MODEL_NAMES:

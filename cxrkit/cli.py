@@ -25,7 +25,7 @@ from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations,
 from cxrkit.doctor import check_environment, format_report
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
-from cxrkit.model_names import MODEL_NAMES
+from cxrkit.model_names import CLASSIFIER_NAMES, MODEL_NAMES
 from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
 from cxrkit.profiles import PROFILE_NAMES, choose_profile
@@ -95,6 +95,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "num_workers": args.workers,
         "size": args.size,
         "anchors": args.anchors,
+        "folds": args.folds,
+        "fold": args.fold,
     }
     config = None
     if getattr(args, "profile", None):
@@ -113,17 +115,71 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from cxrkit.train import predict_to_submission
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from cxrkit.classifier import train_classifier
 
-    path = predict_to_submission(
-        checkpoint=args.checkpoint,
+    result = train_classifier(
         data_dir=args.data_dir,
-        out_csv=args.out,
-        split=args.split,
-        tta=args.tta,
+        annotations_csv=args.annotations_csv,
+        out_dir=args.out,
+        model_name=args.model,
+        epochs=args.epochs,
+        size=args.size,
         batch_size=args.batch_size,
+        weights=args.weights,
+        lr=args.lr,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        num_workers=args.workers,
+        folds=args.folds,
+        fold=args.fold,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
+    print(result)
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from cxrkit.classifier import classify
+
+    table = classify(
+        args.checkpoints, args.data_dir, args.out, split=args.split, batch_size=args.batch_size
+    )
+    print(f"p_abnormal of {len(table)} images written to {args.out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    if len(args.checkpoints) == 1 and not args.classifier:  # the single-model path, as before
+        from cxrkit.train import predict_to_submission
+
+        path = predict_to_submission(
+            checkpoint=args.checkpoints[0],
+            data_dir=args.data_dir,
+            out_csv=args.out,
+            split=args.split,
+            tta=args.tta,
+            batch_size=args.batch_size,
+        )
+    else:
+        from cxrkit.ensemble import predict_ensemble
+
+        path = predict_ensemble(
+            args.checkpoints,
+            args.data_dir,
+            args.out,
+            split=args.split,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            classifiers=args.classifier or (),
+            low=args.low,
+            high=args.high,
+            mode=args.mode,
+            iou_thr=args.wbf_iou,
+            skip_box_thr=args.wbf_skip,
+            weights=args.wbf_weights,
+        )
     print(f"submission written to {path}")
     return 0
 
@@ -188,6 +244,59 @@ def iou_threshold(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
+def fold_count(text: str) -> int:
+    """A number of folds: a whole number >= 2."""
+    value = _number(text, int, "a whole number")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, got {text}")
+    return value
+
+
+def _add_fold_options(p: argparse.ArgumentParser) -> None:
+    """``--folds K --fold F``: train one fold of a stratified k-fold split."""
+    p.add_argument(
+        "--folds", type=fold_count, default=None, metavar="K",
+        help="k-fold validation: split the images into K stratified folds, K >= 2 "
+        "(default: none, a --valid-fraction split)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fold", type=non_negative_int, default=None, metavar="F",
+        help="the fold that validates, 0..K-1, with --folds; the run writes its "
+        "out-of-fold predictions (default: none)",
+    )  # fmt: skip
+
+
+def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--low <= --high and one --wbf-weights per checkpoint, before any work."""
+    if getattr(args, "command", None) != "predict":
+        return
+    if args.low > args.high:
+        parser.error(f"--low {args.low:g} is above --high {args.high:g}; need low <= high")
+    if args.wbf_weights is not None and len(args.wbf_weights) != len(args.checkpoints):
+        parser.error(
+            f"--wbf-weights gives {len(args.wbf_weights)} weight(s) for "
+            f"{len(args.checkpoints)} checkpoint(s); give one per checkpoint"
+        )
+
+
+def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--folds and --fold together, and F < K: refused in one line before any work."""
+    if getattr(args, "folds", None) is None and getattr(args, "fold", None) is None:
+        return
+    if args.folds is None or args.fold is None:
+        parser.error("--folds K and --fold F go together")
+    if args.fold >= args.folds:
+        parser.error(f"argument --fold: must be one of 0..{args.folds - 1}, got {args.fold}")
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1] (a probability or score threshold)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -371,17 +480,104 @@ def build_parser() -> argparse.ArgumentParser:
         help="training image side in pixels, or auto: chosen from the training boxes and printed "
         "(default: per model, 256 for cxr_small, 512 for the others; auto with --anchors auto)",
     )  # fmt: skip
-    p.set_defaults(func=_cmd_train)
+    _add_fold_options(p)
+    p.set_defaults(func=_cmd_train, command_parser=p)
     _add_fitting_options(sample_parser, p)
 
+    p = command("train-classifier", "train an image-level normal/abnormal classifier")
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
+    p.add_argument(
+        "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
+    )
+    p.add_argument(
+        "--out", type=output_folder, required=True, help="run folder for checkpoints and history"
+    )
+    p.add_argument(
+        "--model", choices=CLASSIFIER_NAMES, default="cls_small", metavar="NAME",
+        help=f"classifier, one of: {', '.join(CLASSIFIER_NAMES)} (cls_small: a small "
+        "from-scratch model for a CPU)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train in all")
+    p.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
+    p.add_argument(
+        "--weights", default=None,
+        help="initial weights: DEFAULT (ImageNet, downloaded; not for cls_small), a local "
+        ".pth file or classifier checkpoint (default: none, random initial weights)",
+    )  # fmt: skip
+    earlier_run = p.add_mutually_exclusive_group()
+    earlier_run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt"
+    )
+    earlier_run.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
+    p.add_argument(
+        "--valid-fraction", type=fraction_open, default=0.2,
+        help="share of the images that validate, between 0 and 1 (without --folds)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=42, help="random seed of the split and training")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0,
+        help="DataLoader worker processes (0: load in the main process)",
+    )  # fmt: skip
+    _add_fold_options(p)
+    p.set_defaults(func=_cmd_train_classifier, command_parser=p)
+
+    p = command("classify", "write p_abnormal of each image of a split (classifiers averaged)")
+    p.add_argument(
+        "checkpoints", type=Path, nargs="+", metavar="CKPT",
+        help="classifier checkpoint(s) (RUN/best.pt); several are averaged",
+    )  # fmt: skip
+    p.add_argument("data_dir", type=Path, help="preprocessed folder (SPLIT/*.png, SPLIT_meta.csv)")
+    p.add_argument(
+        "--out", type=output_file, required=True, help="CSV to write: image_id,p_abnormal"
+    )
+    p.add_argument("--split", default="test", help="the split of data_dir to classify")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    p.set_defaults(func=_cmd_classify)
+
     p = command("predict", "predict a split and write a submission CSV")
-    p.add_argument("checkpoint", type=Path, help="a cxrkit checkpoint (RUN/best.pt)")
+    p.add_argument(
+        "checkpoints", type=Path, nargs="+", metavar="CKPT",
+        help="detector checkpoint(s) (RUN/best.pt); several are fused with WBF",
+    )  # fmt: skip
     p.add_argument("data_dir", type=Path, help="preprocessed folder (SPLIT/*.png, SPLIT_meta.csv)")
     p.add_argument("--out", type=output_file, required=True, help="submission CSV to write")
     p.add_argument("--split", default="test", help="the split of data_dir to predict")
     p.add_argument("--tta", action="store_true", help="average with a horizontal flip")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch")
-    p.set_defaults(func=_cmd_predict)
+    p.add_argument(
+        "--classifier", type=Path, nargs="+", default=None, metavar="CLS_CKPT",
+        help="normal/abnormal classifier checkpoint(s), averaged; their p_abnormal sets the "
+        "No finding line and drops boxes on likely-normal images (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--low", type=probability, default=0.1,
+        help="with --classifier: below this p_abnormal the boxes go and No finding scores 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--high", type=probability, default=0.9,
+        help="with --classifier: from this p_abnormal on the boxes stay without 14 (1 - p)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mode", choices=("bands", "soft"), default="bands",
+        help="with --classifier: bands (--low/--high) or soft (finding scores x p_abnormal)",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-iou", type=iou_threshold, default=0.55,
+        help="several checkpoints: IoU above which their boxes fuse, in (0, 1]",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-skip", type=probability, default=0.0,
+        help="several checkpoints: boxes scored below this are left out of the fusion",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-weights", type=positive_float, nargs="+", default=None, metavar="W",
+        help="several checkpoints: one weight per checkpoint (default: equal)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_predict, command_parser=p)
 
     p = command("evaluate", "score a submission with the competition metric")
     p.add_argument("submission_csv", type=Path, help="submission with a row for each truth image")
@@ -489,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what train --profile overrides
+    _check_fold_options(getattr(args, "command_parser", parser), args)
+    _check_predict_options(getattr(args, "command_parser", parser), args)
     try:
         return args.func(args)
     except (CxrkitError, FileNotFoundError) as exc:  # bad input, not a bug: one line

@@ -3,7 +3,10 @@
 :class:`XrayDataset` is the seed's ``VinBigDataset`` made strict: ``(image, target,
 image_id)`` with a (3, H, W) float image, torchvision's target dict (boxes in the
 returned image's pixels, labels ``class_id + 1``) and empty targets for normal
-images. :class:`TestDataset` serves unlabelled images; :func:`split` stratifies.
+images. :class:`TestDataset` serves unlabelled images; :func:`split` stratifies, and
+:func:`kfold_assign` / :func:`fold_split` do the same for k folds (out-of-fold
+validation, notebook 07); :func:`join_out_of_fold` checks that each image has
+exactly one out-of-fold prediction.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrkit.annotations import image_class_sets, load_annotations, load_meta, rescale_boxes
-from cxrkit.errors import DatasetError
+from cxrkit.errors import DatasetError, FoldError
 from cxrkit.formats import BOX_COLUMNS, TRUTH_COLUMNS, image_sizes
 from cxrkit.labels import NO_FINDING_ID, to_model_labels
 
@@ -369,3 +372,147 @@ def _repair(
             ]
             if donors:
                 side_of[min(donors, key=lambda i: (len(labels[i]), i))] = empty
+
+
+# --------------------------------------------------------------------------- k folds
+
+
+def check_fold(folds: int | None, fold: int | None) -> None:
+    """Refuse an impossible fold setting with a :class:`FoldError`: ``folds`` and
+    ``fold`` go together, ``folds >= 2`` and ``0 <= fold < folds``."""
+    if folds is None and fold is None:
+        return
+    if folds is None or fold is None:
+        given, absent = ("folds", "fold") if fold is None else ("fold", "folds")
+        raise FoldError(f"{given} is set but {absent} is not: give both --folds K and --fold F")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise FoldError(f"folds must be a whole number >= 2, got {folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise FoldError(f"fold must be one of 0..{folds - 1} (folds={folds}), got {fold!r}")
+
+
+def kfold_assign(
+    annotations: pd.DataFrame | str | os.PathLike, folds: int = 5, seed: int = 42
+) -> pd.Series:
+    """The fold (0..folds-1) of every image, stratified over the 15 classes; a Series
+    indexed by image_id in table order.
+
+    :func:`split`'s iterative stratification (Sechidis et al. 2011) with ``folds``
+    sides instead of two: each fold wants ``1/folds`` of every class; the rarest
+    class still unassigned goes first, each of its images (in a seeded random
+    order) to the fold that still wants that class most (ties: the fold that wants
+    more images, then a seeded draw). No finding (class 14) is a class like the
+    others, so normal images spread evenly. Deterministic for a given ``seed``.
+    """
+    check_fold(folds, 0)
+    labels = _image_labels(_as_annotations(annotations))
+    if len(labels) < folds:
+        raise FoldError(f"need at least {folds} images for {folds} folds, got {len(labels)}")
+    rng = np.random.default_rng(seed)
+    order = list(labels)
+    images = [order[i] for i in rng.permutation(len(order))]
+    counts: dict[int, int] = {}
+    for classes in labels.values():
+        for c in classes:
+            counts[c] = counts.get(c, 0) + 1
+    wishes = [{c: n / folds for c, n in counts.items()} for _ in range(folds)]
+    capacity = [len(images) / folds] * folds
+    fold_of: dict[str, int] = {}
+
+    def best(scores: Sequence[float], among: Sequence[int]) -> list[int]:
+        top = max(scores[f] for f in among)
+        return [f for f in among if scores[f] == top]
+
+    def assign(image_id: str, fold: int) -> None:
+        fold_of[image_id] = fold
+        capacity[fold] -= 1
+        for c in labels[image_id]:
+            wishes[fold][c] -= 1
+
+    def choose(cls: int | None) -> int:
+        candidates = list(range(folds))
+        if cls is not None:
+            candidates = best([w[cls] for w in wishes], candidates)
+        candidates = best(capacity, candidates)
+        return candidates[0] if len(candidates) == 1 else int(rng.choice(candidates))
+
+    by_class = {c: [i for i in images if c in labels[i]] for c in counts}
+    while True:
+        left = {c: [i for i in ids if i not in fold_of] for c, ids in by_class.items()}
+        left = {c: ids for c, ids in left.items() if ids}
+        if not left:
+            break
+        rarest = min(left, key=lambda c: (len(left[c]), c))
+        for image_id in left[rarest]:
+            assign(image_id, choose(rarest))
+    for image_id in images:  # images without any label
+        if image_id not in fold_of:
+            assign(image_id, choose(None))
+    return pd.Series(
+        [fold_of[i] for i in order], index=pd.Index(order, name="image_id"), name="fold"
+    )
+
+
+def fold_split(
+    annotations: pd.DataFrame | str | os.PathLike, folds: int, fold: int, seed: int = 42
+) -> tuple[list[str], list[str]]:
+    """``(train_ids, valid_ids)`` of one fold: fold ``fold`` of :func:`kfold_assign` validates."""
+    check_fold(folds, fold)
+    assigned = kfold_assign(annotations, folds, seed)
+    ids = assigned.index.astype(str)
+    return list(ids[assigned.to_numpy() != fold]), list(ids[assigned.to_numpy() == fold])
+
+
+def join_out_of_fold(
+    tables: Sequence[pd.DataFrame], image_ids: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Concatenate the out-of-fold tables of the fold runs (one per fold), after
+    checking that each image is in exactly one of them.
+
+    Each table has an ``image_id`` column (a detector's ``oof.csv`` has several rows
+    per image and one No finding row, a classifier's one row). An image found in two
+    tables, or (with ``image_ids``, e.g. every training image) one found in none, is
+    a :class:`FoldError` naming the first few; so is an image listed twice in a
+    table of one row per image (``p_abnormal``). The result gains a ``fold`` column
+    (the table's position) unless the tables have one.
+    """
+    if not tables:
+        raise FoldError("no out-of-fold tables to join")
+    owner: dict[str, int] = {}
+    twice: list[str] = []
+    frames = []
+    for k, table in enumerate(tables):
+        if "image_id" not in table.columns:
+            raise FoldError(f"out-of-fold table {k} has no image_id column")
+        ids = table["image_id"].astype(str)
+        if "p_abnormal" in table.columns and ids.duplicated().any():
+            dup = sorted(set(ids[ids.duplicated()]))
+            raise FoldError(f"out-of-fold table {k} lists image(s) {dup[:5]} more than once")
+        for image_id in pd.unique(ids):
+            if image_id in owner:
+                twice.append(f"{image_id} (tables {owner[image_id]} and {k})")
+            owner[image_id] = k
+        frame = table.copy()
+        frame["image_id"] = ids
+        if "fold" not in frame.columns:
+            frame["fold"] = k
+        frames.append(frame)
+    if twice:
+        raise FoldError(
+            f"{len(twice)} image(s) have more than one out-of-fold prediction: "
+            f"{', '.join(twice[:5])}; were the runs made with the same folds and seed?"
+        )
+    if image_ids is not None:
+        expected = list(dict.fromkeys(str(i) for i in image_ids))
+        missing = [i for i in expected if i not in owner]
+        extra = sorted(set(owner) - set(expected))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(
+                    f"{len(missing)} image(s) have no out-of-fold prediction: {missing[:5]}"
+                )
+            if extra:
+                parts.append(f"{len(extra)} are not training images: {extra[:5]}")
+            raise FoldError("; ".join(parts) + " (is a fold run missing or unfinished?)")
+    return pd.concat(frames, ignore_index=True)

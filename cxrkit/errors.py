@@ -25,6 +25,8 @@ __all__ = [
     "WeightsError",
     "CheckpointError",
     "ResumeError",
+    "FoldError",
+    "UnsupportedError",
     "NonFiniteLossError",
     "SubmissionError",
 ]
@@ -96,6 +98,15 @@ class ResumeError(CxrkitError, ValueError):
     Resuming continues *the same* run; a run with other settings belongs in another
     folder (start it from the old weights with ``weights=RUN/best.pt`` if you like).
     """
+
+
+class FoldError(CxrkitError, ValueError):
+    """A k-fold setting is impossible (a fold index outside ``0..K-1``, fewer than 2
+    folds or images) or out-of-fold tables do not cover each image exactly once."""
+
+
+class UnsupportedError(CxrkitError, NotImplementedError):
+    """A way of running that cxrkit does not offer (yet), e.g. the classifier under torchrun."""
 
 
 class NonFiniteLossError(CxrkitError, FloatingPointError):

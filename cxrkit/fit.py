@@ -168,6 +168,8 @@ def resume_problems(saved: Mapping[str, Any], now: Mapping[str, Any], epochs: in
 SPLIT_SETTINGS = {
     "seed": " (the seed chooses the train/valid split and every random draw)",
     "valid_fraction": " (the validation fraction sets the train/valid split)",
+    "folds": " (the number of folds sets the train/valid split)",
+    "fold": " (the fold chooses the validation images)",
 }
 
 

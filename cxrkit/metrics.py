@@ -379,3 +379,54 @@ def confusion_at_iou(
                 column = "other"
             table.loc[CLASS_NAMES[truth_cls], column] += 1
     return table
+
+
+def bootstrap_map(
+    tables: dict[str, pd.DataFrame],
+    truth: pd.DataFrame,
+    image_ids: Iterable | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    iou_thr: float = 0.4,
+) -> pd.DataFrame:
+    """Paired bootstrap of the mAP of several predictions tables on the same images.
+
+    Each draw resamples the images with replacement (an image drawn twice counts
+    twice: its rows are copied under a new id) and scores every table on that same
+    draw, so differences between tables are measured without the noise of the draw.
+    Returns one row per draw, one column per table name. Its spread (``std``, a
+    quantile interval) says how far a mAP on these few images could move by chance.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    ids = pd.Index(
+        pd.unique(truth["image_id"].astype(str)) if image_ids is None else list(image_ids)
+    )
+    ids = ids.astype(str).unique()
+    truth = truth.assign(image_id=truth["image_id"].astype(str))
+    truth_rows = truth.groupby("image_id").indices
+    prepared = {name: t.assign(image_id=t["image_id"].astype(str)) for name, t in tables.items()}
+    pred_rows = {name: t.groupby("image_id").indices for name, t in prepared.items()}
+    rng = np.random.default_rng(seed)
+    empty = np.zeros(0, dtype=np.int64)
+    out = []
+    for _ in range(n_boot):
+        drawn = ids[rng.integers(0, len(ids), len(ids))]
+        new_ids = [f"{image_id}#{j}" for j, image_id in enumerate(drawn)]
+
+        def take(frame: pd.DataFrame, rows: dict, drawn=drawn, new_ids=new_ids) -> pd.DataFrame:
+            parts = [rows.get(i, empty) for i in drawn]
+            index = np.concatenate(parts) if parts else empty
+            names = np.repeat(new_ids, [len(p) for p in parts])
+            return frame.iloc[index].assign(image_id=names)
+
+        gt = take(truth, truth_rows)
+        out.append(
+            {
+                name: vinbigdata_map(
+                    take(table, pred_rows[name]), gt, iou_thr, image_ids=new_ids
+                ).map
+                for name, table in prepared.items()
+            }
+        )
+    return pd.DataFrame(out, columns=list(tables))

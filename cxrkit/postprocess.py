@@ -3,17 +3,27 @@
 Every function takes a torchvision prediction dict (``boxes``, ``scores``,
 ``labels``; tensors or numpy) and returns a **new** one: the input is never
 modified, unlike the seed's ``apply_nms``, which overwrote the raw predictions.
+:func:`apply_classifier` combines a predictions table with an image-level
+classifier's ``p_abnormal`` (notebook 07); :func:`tune_bands` chooses its bands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torchvision.ops
 from ensemble_boxes import weighted_boxes_fusion
+
+from cxrkit.errors import SubmissionError
+from cxrkit.formats import NO_FINDING_BOX, PREDICTION_COLUMNS
+from cxrkit.labels import NO_FINDING_ID
+from cxrkit.metrics import bootstrap_map, vinbigdata_map
+from cxrkit.submission import no_finding_score
 
 Prediction = dict  # {"boxes": (N, 4), "scores": (N,), "labels": (N,)}, torch or numpy
 PER_BOX_KEYS = ("boxes", "scores", "labels")
@@ -189,3 +199,180 @@ def merge_tta(
     }
     merged = classwise_nms(filter_by_score(pooled, skip_box_thr), iou_thr)
     return _build(predictions[0], merged["boxes"], merged["scores"], merged["labels"], parts[0][3])
+
+
+# ------------------------------------------------- image-level classifier + detector
+def check_bands(low: float, high: float) -> None:
+    """Refuse bands that are not ``0 <= low <= high <= 1`` (:class:`SubmissionError`)."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise SubmissionError(
+            f"need 0 <= low <= high <= 1 for the bands, got low={low} and high={high}"
+        )
+
+
+def apply_classifier(
+    predictions: pd.DataFrame,
+    probs: pd.DataFrame | pd.Series,
+    low: float = 0.1,
+    high: float = 0.9,
+    mode: Literal["bands", "soft"] = "bands",
+    image_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Combine a detector's predictions table with a classifier's ``p_abnormal``.
+
+    ``mode="bands"`` (the three-band rule of the public VinBigData solutions):
+
+    * ``p < low``: the image is taken as normal: its boxes are dropped and it gets
+      ``14 1`` (No finding with score 1);
+    * ``low <= p < high``: the boxes stay and ``14 (1 - p)`` is appended;
+    * ``p >= high``: the boxes stay with the detector's own No finding row,
+      ``1 - best finding score`` (:func:`cxrkit.submission.no_finding_score`), as
+      without a classifier; so ``low = high = 0`` gives the detector alone.
+
+    ``mode="soft"``: every finding score is multiplied by ``p`` and ``14 (1 - p)``
+    appended (``low``/``high`` unused).
+
+    ``predictions``: image_id, class_id, score and box columns (original pixels);
+    class-14 rows in it are replaced. ``probs``: a table ``image_id, p_abnormal``
+    (``classify``'s CSV) or a Series indexed by image_id. ``image_ids``: the images
+    to cover (default: those of ``probs``); each gets exactly one class-14 row.
+    Raises :class:`SubmissionError` when ``low > high``, a probability is outside
+    [0, 1], or an image has no probability (naming the first few).
+    """
+    if mode not in ("bands", "soft"):
+        raise ValueError(f"mode must be 'bands' or 'soft', got {mode!r}")
+    if mode == "bands":
+        check_bands(low, high)
+    if isinstance(probs, pd.DataFrame):
+        if not {"image_id", "p_abnormal"} <= set(probs.columns):
+            raise SubmissionError(
+                f"the probabilities table needs columns image_id and p_abnormal, got "
+                f"{list(probs.columns)}"
+            )
+        probs = pd.Series(probs["p_abnormal"].to_numpy(), index=probs["image_id"].astype(str))
+    p_abnormal = pd.Series(probs, dtype=np.float64)
+    p_abnormal.index = p_abnormal.index.astype(str)
+    if p_abnormal.index.duplicated().any():
+        dup = list(pd.unique(p_abnormal.index[p_abnormal.index.duplicated()]))
+        raise SubmissionError(f"the probabilities table lists image(s) {dup[:5]} more than once")
+    if not p_abnormal.between(0.0, 1.0).all():
+        bad = p_abnormal[~p_abnormal.between(0.0, 1.0)]
+        raise SubmissionError(f"p_abnormal must be in [0, 1], got {bad.head(3).to_dict()}")
+    preds = predictions.assign(image_id=predictions["image_id"].astype(str))
+    findings = preds[preds["class_id"] != NO_FINDING_ID]
+    ids = list(p_abnormal.index) if image_ids is None else [str(i) for i in image_ids]
+    ids = list(dict.fromkeys(ids))
+    needed = list(dict.fromkeys([*ids, *findings["image_id"]]))
+    missing = [i for i in needed if i not in p_abnormal.index]
+    if missing:
+        raise SubmissionError(
+            f"the probabilities table has no p_abnormal for {len(missing)} image(s) of the "
+            f"predictions: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
+    unknown = sorted(set(findings["image_id"]) - set(ids))
+    if unknown:
+        raise SubmissionError(f"predictions on images not in image_ids: {unknown[:5]}")
+    p = p_abnormal.reindex(ids)
+    p_box = findings["image_id"].map(p_abnormal)
+    if mode == "soft":
+        findings = findings.assign(score=findings["score"] * p_box)
+        no_finding = 1.0 - p
+    else:
+        findings = findings[(p_box >= low).to_numpy()]
+        default = no_finding_score(findings, ids)
+        no_finding = pd.Series(
+            np.where(p < low, 1.0, np.where(p < high, 1.0 - p, default)), index=p.index
+        )
+    x0, y0, x1, y1 = NO_FINDING_BOX
+    rows = pd.DataFrame(
+        {
+            "image_id": ids,
+            "class_id": NO_FINDING_ID,
+            "score": no_finding.to_numpy(dtype=np.float64),
+            "x_min": x0,
+            "y_min": y0,
+            "x_max": x1,
+            "y_max": y1,
+        }
+    )
+    return pd.concat([findings[PREDICTION_COLUMNS], rows], ignore_index=True)
+
+
+@dataclass
+class BandChoice:
+    """What :func:`tune_bands` chose: the bands, their mAP and the grid it searched.
+
+    ``interval`` and ``gain_interval`` are 90 % paired-bootstrap intervals of the
+    tuned mAP and of its gain over the detector alone (``baseline_map``), on the
+    same images the bands were tuned on, so they are optimistic: confirm on
+    held-out images.
+    """
+
+    low: float
+    high: float
+    map: float
+    baseline_map: float
+    grid: pd.DataFrame = field(repr=False)
+    interval: tuple[float, float] = (np.nan, np.nan)
+    gain_interval: tuple[float, float] = (np.nan, np.nan)
+
+    def __str__(self) -> str:
+        return (
+            f"low {self.low:g}, high {self.high:g}: mAP {self.map:.4f} "
+            f"(90 % interval {self.interval[0]:.4f}-{self.interval[1]:.4f}) vs detector alone "
+            f"{self.baseline_map:.4f}; gain {self.map - self.baseline_map:+.4f} "
+            f"({self.gain_interval[0]:+.4f} to {self.gain_interval[1]:+.4f})"
+        )
+
+
+BAND_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+def tune_bands(
+    predictions: pd.DataFrame,
+    probs: pd.DataFrame | pd.Series,
+    truth: pd.DataFrame,
+    grid: Sequence[float] = BAND_GRID,
+    image_ids: Iterable[str] | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> BandChoice:
+    """Choose ``low``/``high`` of :func:`apply_classifier` by mAP@0.4 on out-of-fold
+    predictions (every pair ``low <= high`` of ``grid``), with a bootstrap interval.
+
+    ``predictions``: the joined ``oof.csv`` tables of the detector's fold runs
+    (:func:`cxrkit.data.join_out_of_fold`); ``probs``: the classifier's out-of-fold
+    ``p_abnormal``; ``truth``: train.csv columns for the same images. Ties go to the
+    widest middle band (the smallest ``low``, then the largest ``high``).
+    """
+    ids = (
+        list(dict.fromkeys(truth["image_id"].astype(str)))
+        if image_ids is None
+        else [str(i) for i in image_ids]
+    )
+    baseline = apply_classifier(predictions, probs, 0.0, 0.0, image_ids=ids)
+    base_map = vinbigdata_map(baseline, truth, image_ids=ids).map
+    rows = []
+    for low in grid:
+        for high in grid:
+            if low <= high:
+                table = apply_classifier(predictions, probs, low, high, image_ids=ids)
+                rows.append((low, high, vinbigdata_map(table, truth, image_ids=ids).map))
+    scores = pd.DataFrame(rows, columns=["low", "high", "map"])
+    order = scores.assign(neg_high=-scores["high"]).sort_values(
+        ["map", "low", "neg_high"], ascending=[False, True, True], kind="stable"
+    )
+    best = order.iloc[0]
+    low, high = float(best["low"]), float(best["high"])
+    tuned = apply_classifier(predictions, probs, low, high, image_ids=ids)
+    boot = bootstrap_map({"tuned": tuned, "alone": baseline}, truth, ids, n_boot, seed)
+    gain = boot["tuned"] - boot["alone"]
+    return BandChoice(
+        low=low,
+        high=high,
+        map=float(best["map"]),
+        baseline_map=float(base_map),
+        grid=scores,
+        interval=(float(boot["tuned"].quantile(0.05)), float(boot["tuned"].quantile(0.95))),
+        gain_interval=(float(gain.quantile(0.05)), float(gain.quantile(0.95))),
+    )

@@ -35,8 +35,16 @@ from cxrkit.anchors import (
     stock_anchors,
 )
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
-from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint
-from cxrkit.data import TestDataset, XrayDataset, check_images_exist, collate_fn, worker_init_fn
+from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint, require_kind
+from cxrkit.data import (
+    TestDataset,
+    XrayDataset,
+    check_fold,
+    check_images_exist,
+    collate_fn,
+    fold_split,
+    worker_init_fn,
+)
 from cxrkit.data import split as split_ids
 from cxrkit.distributed import DistInfo, broadcast_flag, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
@@ -45,7 +53,7 @@ from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_ot
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.models import build_model, classes_in_state
 from cxrkit.profiles import Profile
-from cxrkit.submission import prediction_strings, write_submission
+from cxrkit.submission import add_no_finding, prediction_strings, write_submission
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
 
@@ -97,6 +105,8 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     anchors: str = "stock"  # cxr_small: "stock" or "auto" (fitted to the training boxes)
+    folds: int | None = None  # k-fold: fold ``fold`` of ``folds`` validates (not valid_fraction)
+    fold: int | None = None
     amp: bool | None = None  # mixed precision; None: on for CUDA (as fit does)
 
     @classmethod
@@ -115,10 +125,11 @@ class TrainConfig:
         else:
             filled["size"] = defaults["size"]
         weights = None if self.weights is None else str(self.weights)
+        check_fold(self.folds, self.fold)
         return replace(self, **filled, weights=weights)
 
 
-def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
+def read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
     """Load the annotations; fuse the radiologists' boxes when there are several per image."""
     table = load_annotations(annotations_csv)
     if len(table) == 0:
@@ -147,7 +158,40 @@ def _read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame)
     return table
 
 
-def _keep_split(
+def run_split(table: pd.DataFrame, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """The run's (train, valid) ids: fold ``cfg.fold`` of ``cfg.folds`` validates, or
+    a stratified ``valid_fraction`` without folds."""
+    if cfg.folds is not None:
+        return fold_split(table, cfg.folds, cfg.fold, seed=cfg.seed)
+    return split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+
+
+def write_out_of_fold(
+    checkpoint: str | os.PathLike,
+    image_dir: Path,
+    meta: pd.DataFrame,
+    valid_ids: Sequence[str],
+    out_csv: str | os.PathLike,
+    device: torch.device | None = None,
+    batch_size: int = 4,
+) -> pd.DataFrame:
+    """Predict a fold run's validation images with its ``best.pt`` and write them
+    (``oof.csv``: the predictions table in original pixels, plus one No finding row
+    per image, so that every out-of-fold image appears even without a box).
+
+    :func:`cxrkit.data.join_out_of_fold` joins the tables of the K fold runs.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint).to(device or torch.device("cpu"))
+    ids = [str(i) for i in valid_ids]
+    dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(checkpoint_size(ckpt)))
+    preds = predict(model, dataset, device or torch.device("cpu"), meta, batch_size=batch_size)
+    table = add_no_finding(preds, ids)
+    write_csv_atomic(table, out_csv)
+    return table
+
+
+def keep_split(
     path: Path, train_ids: Sequence[str], valid_ids: Sequence[str], resume: bool, write: bool
 ) -> None:
     """Save the run's train/valid split (``split.csv``: image_id, subset) beside its
@@ -241,7 +285,7 @@ RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what makes a folder hold a 
 
 
 @contextlib.contextmanager
-def _run_folder_lock(out: Path, info: DistInfo, device: torch.device) -> Iterator[None]:
+def run_folder_lock(out: Path, info: DistInfo, device: torch.device) -> Iterator[None]:
     """Rank 0 holds the run folder's lock (:func:`cxrkit._runlock.run_lock`); when it
     cannot, every rank refuses (no rank is left waiting for the others)."""
     with contextlib.ExitStack() as stack:
@@ -256,7 +300,7 @@ def _run_folder_lock(out: Path, info: DistInfo, device: torch.device) -> Iterato
         yield
 
 
-def _prepare_run_folder(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> None:
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> None:
     """Refuse to replace a finished run unless asked; remove what an interrupted
     checkpoint write left (``.last.pt.*.tmp.pt``). Called with the folder locked."""
     found = [name for name in RUN_FILES if (out / name).is_file()]
@@ -333,7 +377,7 @@ def _fit_to_boxes(
     return cfg, spec
 
 
-def _read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
+def read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
     """The PNG folder and the meta table of a preprocessed folder."""
     meta_path = data / "train_meta.csv"
     if not meta_path.is_file():
@@ -363,7 +407,10 @@ def train_from_folder(
     image has several radiologists) or a fused table, in original pixels. The
     images are split into train/valid (stratified, ``valid_fraction``), and
     :func:`cxrkit.fit.fit` writes ``last.pt``, ``best.pt`` and ``history.csv`` into
-    ``out_dir``, beside ``split.csv`` (which images validate).
+    ``out_dir``, beside ``split.csv`` (which images validate). With ``folds=K,
+    fold=F`` fold F of a stratified k-fold split (:func:`cxrkit.data.fold_split`)
+    validates instead, and the run also writes ``oof.csv``, its out-of-fold
+    predictions from ``best.pt`` (:func:`write_out_of_fold`).
 
     The settings are a :class:`TrainConfig` (``config``), changed by keyword
     (``settings``: ``model_name=``, ``epochs=``, ``lr=``, ``size=``...). ``resume=True``
@@ -385,19 +432,19 @@ def train_from_folder(
     info = setup_distributed()
     try:
         device = try_gpu(info.local_rank)
-        with _run_folder_lock(out, info, device):
-            _prepare_run_folder(out, resume, overwrite, info)
+        with run_folder_lock(out, info, device):
+            prepare_run_folder(out, resume, overwrite, info)
             seed_everything(cfg.seed)
             data = Path(data_dir)
-            image_dir, meta = _read_folder(data)
-            table = _read_training_table(annotations_csv, meta)
-            split = split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+            image_dir, meta = read_folder(data)
+            table = read_training_table(annotations_csv, meta)
+            split = run_split(table, cfg)
             check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
             train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
             cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
             if resume:
                 _refuse_other_split_settings(out, cfg)
-            _keep_split(out / "split.csv", *split, resume, info.is_main)
+            keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
             model = _build_for_training(cfg, device, info, anchors)
             if info.is_main:
@@ -415,12 +462,15 @@ def train_from_folder(
             budget = None
             if max_minutes is not None:
                 budget = max_minutes - (time.monotonic() - t_start) / 60
-            return fit(
+            result = fit(
                 model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
                 scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
                 max_grad_norm=cfg.max_grad_norm, max_minutes=budget, amp=cfg.amp,
                 config={**asdict(cfg), **run, "world_size": info.world_size},
             )  # fmt: skip
+            if cfg.folds is not None and info.is_main and result.best.is_file():
+                write_out_of_fold(result.best, image_dir, meta, split[1], out / "oof.csv", device)
+            return result
     finally:
         cleanup_distributed(info)
 
@@ -430,6 +480,58 @@ def checkpoint_size(ckpt: dict[str, Any]) -> int:
     config = ckpt.get("config") or {}
     model_config = ckpt.get("model_config") or {}
     return int(config.get("size") or ckpt.get("size") or model_config.get("min_size") or 512)
+
+
+def check_detector_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Load a detector checkpoint for prediction, refusing a classifier's or one trained
+    for another class count (:class:`CheckpointError`) before any image is read."""
+    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
+    require_kind(ckpt, "detector", checkpoint)  # not a classifier's
+    classes = classes_in_state(ckpt["model"], checkpoint)
+    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
+        raise CheckpointError(
+            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
+            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
+            "another task and cannot write a valid submission"
+        )
+    return ckpt
+
+
+def read_split(data_dir: str | os.PathLike, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
+    """The meta table and image ids of ``data_dir/split``, checking that every PNG is there."""
+    data = Path(data_dir)
+    meta_path = data / f"{split}_meta.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
+        )
+    meta = load_meta(meta_path)
+    ids = list(meta["image_id"].astype(str))
+    check_images_exist(data / split, ids)
+    return meta, ids
+
+
+def predict_split(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """A detector checkpoint's predictions table (original pixels, no No finding rows)
+    on ``data_dir/split``, with the image ids and the meta table."""
+    ckpt = check_detector_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    size = checkpoint_size(ckpt)
+    meta, ids = read_split(data_dir, split)
+    dataset = TestDataset(Path(data_dir) / split, ids=ids, transforms=test_transforms(size))
+    device = try_gpu()
+    model.to(device)
+    preds = predict(
+        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
+    )
+    return preds, dataset.image_ids, meta
 
 
 def predict_to_submission(
@@ -448,31 +550,8 @@ def predict_to_submission(
     images are resized to the training size, boxes mapped back to original pixels
     with ``data_dir/{split}_meta.csv``, and every image gets its findings plus a
     ``14 p 0 0 1 1`` No finding entry (:func:`cxrkit.submission.prediction_strings`).
+    Several checkpoints and a classifier: :func:`cxrkit.ensemble.predict_ensemble`.
     """
-    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
-    classes = classes_in_state(ckpt["model"], checkpoint)
-    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
-        raise CheckpointError(
-            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
-            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
-            "another task and cannot write a valid submission"
-        )
-    model = model_from_checkpoint(checkpoint)
-    size = checkpoint_size(ckpt)
-    data = Path(data_dir)
-    meta_path = data / f"{split}_meta.csv"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
-        )
-    meta = load_meta(meta_path)
-    ids = list(meta["image_id"].astype(str))
-    check_images_exist(data / split, ids)
-    dataset = TestDataset(data / split, ids=ids, transforms=test_transforms(size))
-    device = try_gpu()
-    model.to(device)
-    preds = predict(
-        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
-    )
-    submission = prediction_strings(preds, dataset.image_ids, meta=meta)
-    return write_submission(submission, out_csv, image_ids=dataset.image_ids, meta=meta)
+    preds, ids, meta = predict_split(checkpoint, data_dir, split, tta, batch_size, num_workers)
+    submission = prediction_strings(preds, ids, meta=meta)
+    return write_submission(submission, out_csv, image_ids=ids, meta=meta)

@@ -58,14 +58,14 @@ from pathlib import Path
 from cxrkit.distributed import setup_distributed
 from cxrkit.data import split
 from cxrkit.train import (
-    TrainConfig, _read_folder, _read_training_table, make_loaders, train_from_folder,
+    TrainConfig, read_folder, read_training_table, make_loaders, train_from_folder,
 )
 
 pre, csv, out = map(Path, sys.argv[1:4])
 info = setup_distributed()
 cfg = TrainConfig(epochs=1, batch_size=2, size=64).resolved()
-image_dir, meta = _read_folder(pre)
-table = _read_training_table(csv, meta)
+image_dir, meta = read_folder(pre)
+table = read_training_table(csv, meta)
 train_loader, _ = make_loaders(
     table, meta, image_dir, split(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed), cfg, info
 )

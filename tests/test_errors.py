@@ -28,6 +28,8 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "WeightsError": (RuntimeError, "models"),
     "CheckpointError": (RuntimeError, "checkpoints"),
     "ResumeError": (ValueError, "fit"),
+    "FoldError": (ValueError, "data"),
+    "UnsupportedError": (NotImplementedError, "classifier"),
     "NonFiniteLossError": (FloatingPointError, "engine"),
 }
 

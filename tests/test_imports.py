@@ -13,6 +13,8 @@ PACKAGE = ROOT / "cxrkit"
 # messages, albumentations for cxrkit.data, the sample generator for cxrkit.paths.
 DELIBERATE_LAZY = {
     ("cxrkit.cli", "cxrkit.train"),
+    ("cxrkit.cli", "cxrkit.classifier"),
+    ("cxrkit.cli", "cxrkit.ensemble"),
     ("cxrkit.data", "cxrkit.transforms"),
     ("cxrkit.paths", "cxrkit.sample"),
 }
