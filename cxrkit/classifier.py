@@ -372,6 +372,100 @@ def _loader(dataset: Dataset, cfg: ClassifierConfig, shuffle: bool) -> DataLoade
     )
 
 
+def _prepare_run(
+    cfg: ClassifierConfig,
+    out: Path,
+    data_dir: str | os.PathLike,
+    annotations_csv: str | os.PathLike,
+    resume: bool,
+) -> tuple[Path, pd.Series, tuple[list[str], list[str]], dict[str, Any]]:
+    """Read the folder and table, split (or fold) them, check a resume's settings and
+    keep ``split.csv``. Returns the PNG folder, the labels, the split and the settings."""
+    image_dir, meta = read_folder(Path(data_dir))
+    table = read_training_table(annotations_csv, meta)
+    labels = abnormal_labels(table)
+    train_ids, valid_ids = run_split(table, cfg)
+    check_images_exist(image_dir, [*train_ids, *valid_ids])
+    last = out / "last.pt"
+    # the schedule's length too: a resume with other epochs would bend the cosine
+    schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
+    settings_now = {**asdict(cfg), **schedule, "kind": "classifier"}
+    if resume and last.is_file():
+        saved = load_checkpoint(last)
+        require_kind(saved, "classifier", last)
+        refuse_other_settings(last, saved.get("config") or {}, settings_now, cfg.epochs)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_split(out / "split.csv", train_ids, valid_ids, resume, True)
+    return image_dir, labels, (train_ids, valid_ids), settings_now
+
+
+def _restore(
+    last: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    device: torch.device,
+) -> tuple[int, float | None, int | None, list[dict[str, Any]]]:
+    """Load ``last.pt`` into the training objects; the epoch done, the best AUC and
+    its epoch, and the history rows up to that epoch."""
+    ckpt = load_checkpoint(last, map_location=device)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    start = int(ckpt["epoch"])
+    history: list[dict[str, Any]] = []
+    if (last.parent / "history.csv").is_file():
+        old = pd.read_csv(last.parent / "history.csv")
+        history = old[old["epoch"] <= start].to_dict("records")
+    print(f"resuming from {last} after epoch {start}")
+    return start, ckpt.get("best_auc"), ckpt.get("best_epoch"), history
+
+
+def _refuse_torchrun() -> None:
+    """UnsupportedError under torchrun: each rank would train alone into the same files."""
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if under_torchrun or dist_info().enabled:
+        raise UnsupportedError(
+            "train-classifier runs in one process; under torchrun it would train the same "
+            "model once per process into one folder. Run it with python -m cxrkit instead"
+        )
+
+
+def _epoch_row(
+    model: nn.Module,
+    loaders: tuple[DataLoader, DataLoader],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loss_fn: nn.Module,
+    scaler: Any,
+    labels: pd.Series,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, Any]:
+    """Train one epoch (0-based ``epoch``), step the schedule, validate: the history row."""
+    t0 = time.monotonic()
+    train_loader, valid_loader = loaders
+    lr_now = optimizer.param_groups[0]["lr"]
+    loss = train_epoch(model, train_loader, optimizer, loss_fn, device, scaler, epoch + 1)
+    scheduler.step()
+    probs = predict_probabilities(model, valid_loader, device)
+    auc = roc_auc(labels[probs["image_id"]].to_numpy(), probs["p_abnormal"])
+    seconds = time.monotonic() - t0
+    return {"epoch": epoch + 1, "loss": loss, "lr": lr_now, "val_auc": auc, "seconds": seconds}
+
+
+def _write_out_of_fold(
+    out: Path, valid_loader: DataLoader, labels: pd.Series, device: torch.device
+) -> None:
+    """A fold run's ``oof.csv``: ``best.pt``'s p_abnormal of each held-out image."""
+    best = classifier_from_checkpoint(out / "best.pt").to(device)
+    oof = predict_probabilities(best, valid_loader, device)
+    write_csv_atomic(oof.assign(abnormal=labels[oof["image_id"]].to_numpy()), out / "oof.csv")
+
+
 def train_classifier(
     data_dir: str | os.PathLike,
     annotations_csv: str | os.PathLike,
@@ -393,32 +487,16 @@ def train_classifier(
     """
     cfg = replace(config or ClassifierConfig(), **settings).checked()
     out = Path(out_dir)
-    under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    if under_torchrun or dist_info().enabled:  # each rank would train alone, same files
-        raise UnsupportedError(
-            "train-classifier runs in one process; under torchrun it would train the same "
-            "model once per process into one folder. Run it with python -m cxrkit instead"
-        )
+    _refuse_torchrun()
     info = DistInfo()  # one process: the run folder helpers expect a rank
     device = try_gpu()
     with run_folder_lock(out, info, device):
         prepare_run_folder(out, resume, overwrite, info)
         seed_everything(cfg.seed)
-        image_dir, meta = read_folder(Path(data_dir))
-        table = read_training_table(annotations_csv, meta)
-        labels = abnormal_labels(table)
-        train_ids, valid_ids = run_split(table, cfg)
-        check_images_exist(image_dir, [*train_ids, *valid_ids])
+        image_dir, labels, (train_ids, valid_ids), settings_now = _prepare_run(
+            cfg, out, data_dir, annotations_csv, resume
+        )
         last = out / "last.pt"
-        # the schedule's length too: a resume with other epochs would bend the cosine
-        schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
-        settings_now = {**asdict(cfg), **schedule, "kind": "classifier"}
-        if resume and last.is_file():
-            saved = load_checkpoint(last)
-            require_kind(saved, "classifier", last)
-            refuse_other_settings(last, saved.get("config") or {}, settings_now, cfg.epochs)
-        out.mkdir(parents=True, exist_ok=True)
-        keep_split(out / "split.csv", train_ids, valid_ids, resume, True)
         weight = pos_weight(labels[train_ids].to_numpy())
         print(
             f"training classifier {cfg.model_name} on {len(train_ids)} images "
@@ -438,58 +516,34 @@ def train_classifier(
         scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         start, best_auc, best_epoch, history = 0, None, None, []
         if resume and last.is_file():
-            ckpt = load_checkpoint(last, map_location=device)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler") is not None:
-                scaler.load_state_dict(ckpt["scaler"])
-            start, best_auc, best_epoch = (
-                int(ckpt["epoch"]),
-                ckpt.get("best_auc"),
-                ckpt.get("best_epoch"),
+            start, best_auc, best_epoch, history = _restore(
+                last, model, optimizer, scheduler, scaler, device
             )
-            if (out / "history.csv").is_file():
-                old = pd.read_csv(out / "history.csv")
-                history = old[old["epoch"] <= start].to_dict("records")
-            print(f"resuming from {last} after epoch {start}")
         for epoch in range(start, cfg.epochs):
-            t0 = time.monotonic()
             seed_epoch(train_loader, cfg.seed, epoch)
-            lr_now = optimizer.param_groups[0]["lr"]
-            loss = train_epoch(model, train_loader, optimizer, loss_fn, device, scaler, epoch + 1)
-            scheduler.step()
-            probs = predict_probabilities(model, valid_loader, device)
-            auc = roc_auc(labels[probs["image_id"]].to_numpy(), probs["p_abnormal"])
-            seconds = time.monotonic() - t0
-            history.append(
-                {"epoch": epoch + 1, "loss": loss, "lr": lr_now, "val_auc": auc, "seconds": seconds}
-            )
+            row = _epoch_row(
+                model, (train_loader, valid_loader), optimizer, scheduler, loss_fn, scaler, labels,
+                device, epoch,
+            )  # fmt: skip
+            history.append(row)
+            loss, auc, seconds = row["loss"], row["val_auc"], row["seconds"]
             improved = best_auc is None or (np.isfinite(auc) and auc > best_auc)
             if improved:
                 best_auc, best_epoch = (auc if np.isfinite(auc) else None), epoch + 1
-            extra: dict[str, Any] = {
-                "best_auc": best_auc,
-                "best_epoch": best_epoch,
-                "pos_weight": weight,
-                "config": settings_now,
-            }
+            extra = {"best_auc": best_auc, "best_epoch": best_epoch, "pos_weight": weight}
             if scaler is not None:
                 extra["scaler"] = scaler.state_dict()
-            save_checkpoint(last, model, optimizer, scheduler, epoch + 1, **extra)
-            if improved:
-                save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch + 1, **extra)
+            for path in (last, out / "best.pt") if improved else (last,):
+                save_checkpoint(
+                    path, model, optimizer, scheduler, epoch + 1, config=settings_now, **extra
+                )
             write_csv_atomic(pd.DataFrame(history), out / "history.csv")
             print(
                 f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} val AUC {auc:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
         if cfg.folds is not None and (out / "best.pt").is_file():
-            best = classifier_from_checkpoint(out / "best.pt").to(device)
-            oof = predict_probabilities(best, valid_loader, device)
-            write_csv_atomic(
-                oof.assign(abnormal=labels[oof["image_id"]].to_numpy()), out / "oof.csv"
-            )
+            _write_out_of_fold(out, valid_loader, labels, device)
     done = int(history[-1]["epoch"]) if history else start
     return ClassifierResult(out, done, best_auc, best_epoch, pd.DataFrame(history))
 

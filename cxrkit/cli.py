@@ -366,36 +366,8 @@ def _size_or_auto(text: str) -> int | str:
     return text if text == "auto" else positive_int(text)
 
 
-def _add_fitting_options(sample: argparse.ArgumentParser, train: argparse.ArgumentParser) -> None:
-    """The options of fitting to the data: the sample variant and fitted anchors."""
-    sample.add_argument(
-        "--variant",
-        choices=("default", "small_thin"),
-        default="default",
-        help="small_thin: small nodules and thin pleural bands (other box statistics)",
-    )
-    train.add_argument(
-        "--anchors",
-        choices=("stock", "auto"),
-        default="stock",
-        help="cxr_small anchors: stock, or auto = fitted to the training boxes "
-        "(then --size defaults to auto)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, exposed so tests and docs can inspect it."""
-    parser = _Parser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command")  # none: main prints the help
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
-        )
-
-    p = command("sample", "write a small synthetic dataset in the VinBigData layout")
+def _add_sample_command(p: argparse.ArgumentParser) -> None:
+    """``sample``: write a small synthetic dataset in the VinBigData layout."""
     p.add_argument("out", type=Path, help="folder to write (empty, or an earlier sample)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same files")
     p.add_argument(
@@ -403,9 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-test", type=non_negative_int, default=50, help="number of test DICOMs")
     p.set_defaults(func=_cmd_sample)
-    sample_parser = p
+    p.add_argument(
+        "--variant",
+        choices=("default", "small_thin"),
+        default="default",
+        help="small_thin: small nodules and thin pleural bands (other box statistics)",
+    )
 
-    p = command("fuse", "fuse the radiologists' boxes with weighted boxes fusion")
+
+def _add_fuse_command(p: argparse.ArgumentParser) -> None:
+    """``fuse``: fuse the radiologists' boxes with weighted boxes fusion."""
     p.add_argument("train_csv", type=Path, help="annotations in train.csv columns")
     p.add_argument("out_csv", type=output_file, help="fused table to write (not an input)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -418,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_fuse)
 
-    p = command("preprocess", "convert DICOMs to resized 8-bit PNGs + meta tables")
+
+def _add_preprocess_command(p: argparse.ArgumentParser) -> None:
+    """``preprocess``: convert DICOMs to resized 8-bit PNGs + meta tables."""
     p.add_argument("src", type=Path, help="folder with train/ and/or test/ of .dicom files")
     p.add_argument("out", type=output_folder, help="folder to write PNGs and meta tables into")
     p.add_argument("--size", type=positive_int, default=512, help="side of the PNGs in pixels")
@@ -430,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_preprocess)
 
-    p = command("train", "train a Faster R-CNN on a preprocessed folder")
+
+def _add_train_command(p: argparse.ArgumentParser) -> None:
+    """``train``: train a Faster R-CNN on a preprocessed folder."""
     p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
     p.add_argument(
         "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
@@ -482,9 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_fold_options(p)
     p.set_defaults(func=_cmd_train, command_parser=p)
-    _add_fitting_options(sample_parser, p)
+    p.add_argument(
+        "--anchors",
+        choices=("stock", "auto"),
+        default="stock",
+        help="cxr_small anchors: stock, or auto = fitted to the training boxes "
+        "(then --size defaults to auto)",
+    )
 
-    p = command("train-classifier", "train an image-level normal/abnormal classifier")
+
+def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
+    """``train-classifier``: train an image-level normal/abnormal classifier."""
     p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
     p.add_argument(
         "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
@@ -525,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fold_options(p)
     p.set_defaults(func=_cmd_train_classifier, command_parser=p)
 
-    p = command("classify", "write p_abnormal of each image of a split (classifiers averaged)")
+
+def _add_classify_command(p: argparse.ArgumentParser) -> None:
+    """``classify``: write p_abnormal of each image of a split (classifiers averaged)."""
     p.add_argument(
         "checkpoints", type=Path, nargs="+", metavar="CKPT",
         help="classifier checkpoint(s) (RUN/best.pt); several are averaged",
@@ -538,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     p.set_defaults(func=_cmd_classify)
 
-    p = command("predict", "predict a split and write a submission CSV")
+
+def _add_predict_command(p: argparse.ArgumentParser) -> None:
+    """``predict``: predict a split and write a submission CSV."""
     p.add_argument(
         "checkpoints", type=Path, nargs="+", metavar="CKPT",
         help="detector checkpoint(s) (RUN/best.pt); several are fused with WBF",
@@ -579,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=_cmd_predict, command_parser=p)
 
-    p = command("evaluate", "score a submission with the competition metric")
+
+def _add_evaluate_command(p: argparse.ArgumentParser) -> None:
+    """``evaluate``: score a submission with the competition metric."""
     p.add_argument("submission_csv", type=Path, help="submission with a row for each truth image")
     p.add_argument("truth_csv", type=Path, help="truth in train.csv columns (e.g. test_labels.csv)")
     p.add_argument(
@@ -589,6 +586,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=iou_threshold, default=0.4, help="IoU a hit needs, in (0, 1]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, exposed so tests and docs can inspect it."""
+    parser = _Parser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")  # none: main prints the help
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
+
+    _add_sample_command(
+        command("sample", "write a small synthetic dataset in the VinBigData layout")
+    )
+    _add_fuse_command(command("fuse", "fuse the radiologists' boxes with weighted boxes fusion"))
+    _add_preprocess_command(
+        command("preprocess", "convert DICOMs to resized 8-bit PNGs + meta tables")
+    )
+    _add_train_command(command("train", "train a Faster R-CNN on a preprocessed folder"))
+    _add_train_classifier_command(
+        command("train-classifier", "train an image-level normal/abnormal classifier")
+    )
+    _add_classify_command(
+        command("classify", "write p_abnormal of each image of a split (classifiers averaged)")
+    )
+    _add_predict_command(command("predict", "predict a split and write a submission CSV"))
+    _add_evaluate_command(command("evaluate", "score a submission with the competition metric"))
 
     _add_profile_option(sub.choices["train"])
     p = sub.add_parser("doctor", help="check Python, packages, DICOM decoders, torch, data, cache")

@@ -243,21 +243,7 @@ def apply_classifier(
         raise ValueError(f"mode must be 'bands' or 'soft', got {mode!r}")
     if mode == "bands":
         check_bands(low, high)
-    if isinstance(probs, pd.DataFrame):
-        if not {"image_id", "p_abnormal"} <= set(probs.columns):
-            raise SubmissionError(
-                f"the probabilities table needs columns image_id and p_abnormal, got "
-                f"{list(probs.columns)}"
-            )
-        probs = pd.Series(probs["p_abnormal"].to_numpy(), index=probs["image_id"].astype(str))
-    p_abnormal = pd.Series(probs, dtype=np.float64)
-    p_abnormal.index = p_abnormal.index.astype(str)
-    if p_abnormal.index.duplicated().any():
-        dup = list(pd.unique(p_abnormal.index[p_abnormal.index.duplicated()]))
-        raise SubmissionError(f"the probabilities table lists image(s) {dup[:5]} more than once")
-    if not p_abnormal.between(0.0, 1.0).all():
-        bad = p_abnormal[~p_abnormal.between(0.0, 1.0)]
-        raise SubmissionError(f"p_abnormal must be in [0, 1], got {bad.head(3).to_dict()}")
+    p_abnormal = _probabilities(probs)
     preds = predictions.assign(image_id=predictions["image_id"].astype(str))
     findings = preds[preds["class_id"] != NO_FINDING_ID]
     ids = list(p_abnormal.index) if image_ids is None else [str(i) for i in image_ids]
@@ -284,18 +270,32 @@ def apply_classifier(
             np.where(p < low, 1.0, np.where(p < high, 1.0 - p, default)), index=p.index
         )
     x0, y0, x1, y1 = NO_FINDING_BOX
-    rows = pd.DataFrame(
-        {
-            "image_id": ids,
-            "class_id": NO_FINDING_ID,
-            "score": no_finding.to_numpy(dtype=np.float64),
-            "x_min": x0,
-            "y_min": y0,
-            "x_max": x1,
-            "y_max": y1,
-        }
+    scores = no_finding.to_numpy(dtype=np.float64)
+    rows = pd.DataFrame({"image_id": ids, "class_id": NO_FINDING_ID, "score": scores}).assign(
+        x_min=x0, y_min=y0, x_max=x1, y_max=y1
     )
     return pd.concat([findings[PREDICTION_COLUMNS], rows], ignore_index=True)
+
+
+def _probabilities(probs: pd.DataFrame | pd.Series) -> pd.Series:
+    """``p_abnormal`` as a Series indexed by image id (str); SubmissionError when a
+    column is missing, an image is listed twice or a value is outside [0, 1]."""
+    if isinstance(probs, pd.DataFrame):
+        if not {"image_id", "p_abnormal"} <= set(probs.columns):
+            raise SubmissionError(
+                f"the probabilities table needs columns image_id and p_abnormal, got "
+                f"{list(probs.columns)}"
+            )
+        probs = pd.Series(probs["p_abnormal"].to_numpy(), index=probs["image_id"].astype(str))
+    p_abnormal = pd.Series(probs, dtype=np.float64)
+    p_abnormal.index = p_abnormal.index.astype(str)
+    if p_abnormal.index.duplicated().any():
+        dup = list(pd.unique(p_abnormal.index[p_abnormal.index.duplicated()]))
+        raise SubmissionError(f"the probabilities table lists image(s) {dup[:5]} more than once")
+    if not p_abnormal.between(0.0, 1.0).all():
+        bad = p_abnormal[~p_abnormal.between(0.0, 1.0)]
+        raise SubmissionError(f"p_abnormal must be in [0, 1], got {bad.head(3).to_dict()}")
+    return p_abnormal
 
 
 @dataclass

@@ -388,6 +388,18 @@ def read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
     return data / "train", load_meta(meta_path)
 
 
+def _describe_run(
+    cfg: TrainConfig, train: DataLoader, valid: DataLoader, device: torch.device, info: DistInfo
+) -> str:
+    """The line a training run starts with: model, images, size, batch, lr, device."""
+    processes = f", {info.world_size} processes" if info.enabled else ""
+    return (
+        f"training {cfg.model_name} on {len(train.dataset)} images, validating on "
+        f"{len(valid.dataset)} ({cfg.size} px, batch {cfg.batch_size}, lr {cfg.lr}, "
+        f"device {device}{processes})"
+    )
+
+
 def train_from_folder(
     data_dir: str | os.PathLike,
     annotations_csv: str | os.PathLike,
@@ -448,20 +460,14 @@ def train_from_folder(
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
             model = _build_for_training(cfg, device, info, anchors)
             if info.is_main:
-                print(
-                    f"training {cfg.model_name} on {len(train_loader.dataset)} images, "
-                    f"validating on {len(valid_loader.dataset)} ({cfg.size} px, batch "
-                    f"{cfg.batch_size}, lr {cfg.lr}, device {device}"
-                    f"{f', {info.world_size} processes' if info.enabled else ''})"
-                )
+                print(_describe_run(cfg, train_loader, valid_loader, device, info))
             optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
             scheduler = make_scheduler(
                 optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma
             )
             run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
-            budget = None
-            if max_minutes is not None:
-                budget = max_minutes - (time.monotonic() - t_start) / 60
+            elapsed = (time.monotonic() - t_start) / 60
+            budget = None if max_minutes is None else max_minutes - elapsed
             result = fit(
                 model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
                 scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
