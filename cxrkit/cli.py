@@ -412,8 +412,8 @@ def _add_preprocess_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_preprocess)
 
 
-def _add_train_command(p: argparse.ArgumentParser) -> None:
-    """``train``: train a Faster R-CNN on a preprocessed folder."""
+def _add_run_inputs(p: argparse.ArgumentParser) -> None:
+    """What every training command reads and writes: the folder, the table, the run folder."""
     p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
     p.add_argument(
         "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
@@ -421,6 +421,30 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=output_folder, required=True, help="run folder for checkpoints and history"
     )
+
+
+def _add_earlier_run_options(p: argparse.ArgumentParser) -> None:
+    """--resume or --overwrite: what to do with a run already in --out (not both)."""
+    earlier_run = p.add_mutually_exclusive_group()
+    earlier_run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt"
+    )
+    earlier_run.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
+    )
+
+
+def _add_workers_option(p: argparse.ArgumentParser) -> None:
+    """--workers: the DataLoader's worker processes."""
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0,
+        help="DataLoader worker processes (0: load in the main process)",
+    )  # fmt: skip
+
+
+def _add_train_command(p: argparse.ArgumentParser) -> None:
+    """``train``: train a Faster R-CNN on a preprocessed folder."""
+    _add_run_inputs(p)
     p.add_argument(
         "--model", choices=MODEL_NAMES, default="cxr_small", metavar="NAME",
         help=f"detector, one of: {', '.join(MODEL_NAMES)}",
@@ -432,13 +456,7 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
         help="initial weights: DEFAULT (COCO, downloaded), a local .pth file or checkpoint "
         "(default: none, random initial weights)",
     )  # fmt: skip
-    earlier_run = p.add_mutually_exclusive_group()
-    earlier_run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last.pt"
-    )
-    earlier_run.add_argument(
-        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
-    )
+    _add_earlier_run_options(p)
     p.add_argument(
         "--lr", type=positive_float, default=None,
         help="learning rate (default: per model, 0.02 for cxr_small, 0.005 for the others)",
@@ -450,10 +468,7 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=42, help="random seed of the split, augmentation and model"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, default=0,
-        help="DataLoader worker processes (0: load in the main process)",
-    )  # fmt: skip
+    _add_workers_option(p)
     p.add_argument(
         "--max-minutes", type=positive_float, default=None,
         help="stop before an epoch that would end later (default: no limit)",
@@ -476,13 +491,7 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
 
 def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
     """``train-classifier``: train an image-level normal/abnormal classifier."""
-    p.add_argument("data_dir", type=Path, help="preprocessed folder (train/*.png, train_meta.csv)")
-    p.add_argument(
-        "annotations_csv", type=Path, help="train.csv (fused here) or a fused table, original px"
-    )
-    p.add_argument(
-        "--out", type=output_folder, required=True, help="run folder for checkpoints and history"
-    )
+    _add_run_inputs(p)
     p.add_argument(
         "--model", choices=CLASSIFIER_NAMES, default="cls_small", metavar="NAME",
         help=f"classifier, one of: {', '.join(CLASSIFIER_NAMES)} (cls_small: a small "
@@ -496,23 +505,14 @@ def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
         help="initial weights: DEFAULT (ImageNet, downloaded; not for cls_small), a local "
         ".pth file or classifier checkpoint (default: none, random initial weights)",
     )  # fmt: skip
-    earlier_run = p.add_mutually_exclusive_group()
-    earlier_run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last.pt"
-    )
-    earlier_run.add_argument(
-        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
-    )
+    _add_earlier_run_options(p)
     p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
     p.add_argument(
         "--valid-fraction", type=fraction_open, default=0.2,
         help="share of the images that validate, between 0 and 1 (without --folds)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="random seed of the split and training")
-    p.add_argument(
-        "--workers", type=non_negative_int, default=0,
-        help="DataLoader worker processes (0: load in the main process)",
-    )  # fmt: skip
+    _add_workers_option(p)
     _add_fold_options(p)
     p.set_defaults(func=_cmd_train_classifier, command_parser=p)
 
