@@ -212,8 +212,8 @@ def test_broken_training_fails_the_notebook(tmp_path, monkeypatch):
         c for c in notebook.cells if c.cell_type == "code" and any(w in c.source for w in wanted)
     ]
     training = cells[-1]
-    assert "train_from_folder(" in training.source and "weights=None," in training.source
-    training.source = training.source.replace("weights=None,", "weights=None,\n    lr=0.0,")
+    assert "train_from_folder(" in training.source and "weights=WEIGHTS," in training.source
+    training.source = training.source.replace("weights=WEIGHTS,", "weights=WEIGHTS,\n    lr=0.0,")
     notebook.cells = cells
     monkeypatch.setenv("CXRKIT_WORK", str(tmp_path))
     monkeypatch.delenv("CXRKIT_CHECK_LOG", raising=False)
