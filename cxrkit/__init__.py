@@ -1,6 +1,6 @@
 """cxrkit: chest X-ray abnormality detection (VinBigData / VinDr-CXR), for learning.
 
-The public API (:data:`__all__`, also in the README) is what notebooks 01-06 teach.
+The public API (:data:`__all__`, also in the README) is what notebooks 01-07 teach.
 Names load lazily, so ``import cxrkit`` stays fast and only pulls in torch when a
 model-related name is first used.
 
@@ -99,6 +99,10 @@ _API: dict[str, str] = {
     "ap_at_ious": "metrics",
     "confusion_at_iou": "metrics",
     "bootstrap_map": "metrics",
+    "roc_auc": "metrics",
+    "roc_curve": "metrics",
+    "calibration_table": "metrics",
+    "fuse_tables": "ensemble",
     "prediction_strings": "submission",
     "validate_submission": "submission",
     "write_submission": "submission",
@@ -112,6 +116,10 @@ _API: dict[str, str] = {
     "show_truth_vs_prediction": "plotting",
     "add_class_legend": "plotting",
     "plot_ap_vs_agreement": "plotting",
+    "plot_roc": "plotting",
+    "plot_calibration": "plotting",
+    "plot_band_histogram": "plotting",
+    "plot_map_intervals": "plotting",
     "save_figure": "plotting",
 }
 

@@ -48,6 +48,7 @@ from cxrkit.engine import Averager
 from cxrkit.errors import CheckpointError, DatasetError, UnsupportedError, WeightsError
 from cxrkit.fit import refuse_other_settings, seed_epoch
 from cxrkit.labels import NO_FINDING_ID
+from cxrkit.metrics import calibration_table, roc_auc, roc_curve
 from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.models import check_finite, check_state_matches, read_weights_file
 from cxrkit.train import (
@@ -66,10 +67,12 @@ __all__ = [
     "ClassifierResult",
     "abnormal_labels",
     "build_classifier",
+    "calibration_table",
     "classifier_from_checkpoint",
     "classify",
     "pos_weight",
     "roc_auc",
+    "roc_curve",
     "train_classifier",
 ]
 
@@ -206,18 +209,6 @@ def pos_weight(labels: Sequence[float] | np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64)
     positives, negatives = float((y > 0.5).sum()), float((y <= 0.5).sum())
     return negatives / positives if positives and negatives else 1.0
-
-
-def roc_auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties count half); NaN
-    when one class is absent."""
-    y = np.asarray(labels, dtype=np.float64) > 0.5
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    ranks = pd.Series(s).rank(method="average").to_numpy()
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # ------------------------------------------------------------------------ dataset

@@ -2,12 +2,14 @@
 
 :func:`vinbigdata_map` scores a predictions table against a truth table (per-class
 average precision, "No finding" scored as a box of its own); :func:`iou_matrix`
-and :func:`average_precision` are its steps. Taught in notebooks 05 and 06.
+and :func:`average_precision` are its steps. Taught in notebooks 05 and 06. The
+image-level classifier's scores (notebook 07): :func:`roc_auc`, :func:`roc_curve`,
+:func:`calibration_table`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -430,3 +432,65 @@ def bootstrap_map(
             }
         )
     return pd.DataFrame(out, columns=list(tables))
+
+
+# ------------------------------------------------ image-level scores (notebook 07)
+def roc_auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (the Mann-Whitney statistic, ties count half); NaN
+    when one class is absent."""
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = pd.Series(s).rank(method="average").to_numpy()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(
+    labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(false_positive_rate, true_positive_rate, thresholds)``, one point per
+    distinct score from the highest down, starting at ``(0, 0)`` (threshold ``inf``).
+
+    A point says: calling every image with ``score >= threshold`` abnormal finds
+    ``tpr`` of the abnormal images and wrongly flags ``fpr`` of the normal ones. Its
+    trapezoid area equals :func:`roc_auc`. ValueError when a class is absent.
+    """
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"{len(y)} labels but {len(s)} scores")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        raise ValueError(f"a ROC curve needs both classes: {n_pos} abnormal, {n_neg} normal")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # ties move together
+    tpr = np.r_[0.0, np.cumsum(y)[last_of_each_score] / n_pos]
+    fpr = np.r_[0.0, np.cumsum(~y)[last_of_each_score] / n_neg]
+    return fpr, tpr, np.r_[np.inf, s[last_of_each_score]]
+
+
+def calibration_table(
+    labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray, bins: int = 5
+) -> pd.DataFrame:
+    """Reliability table: ``probs`` cut into ``bins`` equal-width bins over [0, 1];
+    per non-empty bin the mean predicted ``p_abnormal``, the observed share of
+    abnormal images and the image count. Calibrated: the two shares agree."""
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    p = np.asarray(probs, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if len(p) and not ((p >= 0) & (p <= 1)).all():
+        raise ValueError("probabilities must be in [0, 1]")
+    which = np.minimum((p * bins).astype(int), bins - 1)  # p = 1 goes to the last bin
+    table = pd.DataFrame({"bin": which, "p": p, "abnormal": y.astype(float)})
+    out = table.groupby("bin").agg(
+        mean_p_abnormal=("p", "mean"), share_abnormal=("abnormal", "mean"), images=("p", "size")
+    )
+    out.insert(0, "bin_low", out.index / bins)
+    out.insert(1, "bin_high", (out.index + 1) / bins)
+    return out.reset_index(drop=True)

@@ -25,6 +25,7 @@ from cxrkit.annotations import sizes_of, validate_meta
 from cxrkit.eda import summarize
 from cxrkit.formats import BOX_COLUMNS
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, class_color, class_name
+from cxrkit.metrics import calibration_table, roc_auc, roc_curve
 
 __all__ = [
     "show_image",
@@ -36,6 +37,10 @@ __all__ = [
     "add_class_legend",
     "text_color_on",
     "plot_ap_vs_agreement",
+    "plot_roc",
+    "plot_calibration",
+    "plot_band_histogram",
+    "plot_map_intervals",
     "save_figure",
     "find_figures_dir",
 ]
@@ -566,4 +571,104 @@ def plot_ap_vs_agreement(
             0.01, 0.99, "point area ~ truth boxes", transform=ax.transAxes, va="top", fontsize=8
         )
     ax.grid(alpha=0.3)
+    return ax
+
+
+# ------------------------------------------------ the image-level classifier (notebook 07)
+def plot_roc(
+    labels: Any, scores: Mapping[str, Any] | Any, ax: Axes | None = None, title: str = "ROC"
+) -> Axes:
+    """ROC curve(s) of abnormal-vs-normal scores, each labelled with its AUC.
+
+    ``scores``: one array (same order as ``labels``) or a mapping name -> array.
+    The dashed diagonal is a coin toss (AUC 0.5).
+    """
+    ax = _new_axes(ax, figsize=(5, 5))
+    named = scores if isinstance(scores, Mapping) else {"classifier": scores}
+    for k, (name, values) in enumerate(named.items()):
+        fpr, tpr, _ = roc_curve(labels, values)
+        auc = roc_auc(labels, values)
+        ax.plot(
+            fpr, tpr, lw=2, ls=_LINE_STYLES[k % len(_LINE_STYLES)], label=f"{name} (AUC {auc:.2f})"
+        )
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance (AUC 0.50)")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title=title,
+        xlabel="false positive rate (normal images flagged)",
+        ylabel="true positive rate (abnormal images found)",
+    )  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_calibration(labels: Any, probs: Any, bins: int = 5, ax: Axes | None = None) -> Axes:
+    """Reliability diagram: per probability bin, the share of images that are
+    abnormal against the mean predicted ``p_abnormal`` (points on the diagonal are
+    calibrated); each point is labelled with its image count."""
+    ax = _new_axes(ax, figsize=(5, 5))
+    table = calibration_table(labels, probs, bins)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
+    ax.plot(table["mean_p_abnormal"], table["share_abnormal"], marker="o", lw=2, label="classifier")
+    for row in table.itertuples():
+        ax.annotate(
+            f"{row.images}", (row.mean_p_abnormal, row.share_abnormal),
+            textcoords="offset points", xytext=(6, -12), fontsize=8,
+        )  # fmt: skip
+    ax.set(
+        xlim=(0, 1), ylim=(-0.02, 1.02), aspect="equal", title="calibration (images per bin)",
+        xlabel="mean predicted p_abnormal", ylabel="share of images that are abnormal",
+    )  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_band_histogram(
+    probs: Any, labels: Any, low: float, high: float, ax: Axes | None = None, bins: int = 20
+) -> Axes:
+    """Histogram of ``p_abnormal`` for normal and abnormal images, with the three
+    bands of :func:`cxrkit.postprocess.apply_classifier` shaded and named."""
+    ax = _new_axes(ax, figsize=(8, 4))
+    p = _to_numpy(probs).astype(float)
+    y = _to_numpy(labels).astype(float) > 0.5
+    edges = np.linspace(0, 1, bins + 1)
+    ax.hist(p[~y], bins=edges, alpha=0.6, color="#0072b2", label=f"normal ({(~y).sum()})")
+    ax.hist(p[y], bins=edges, alpha=0.6, color="#d55e00", label=f"abnormal ({y.sum()})")
+    bands = (
+        (0.0, low, "#009e73", "drop boxes,\n14 1"),
+        (low, high, "#f0e442", "keep boxes,\n+ 14 (1-p)"),
+        (high, 1.0, "#cc79a7", "keep boxes"),
+    )
+    top = ax.get_ylim()[1]
+    for x0, x1, color, text in bands:
+        if x1 > x0:
+            ax.axvspan(x0, x1, color=color, alpha=0.12, lw=0)
+            ax.text((x0 + x1) / 2, top * 0.97, text, ha="center", va="top", fontsize=8)
+    for x in (low, high):
+        ax.axvline(x, color="black", ls="--", lw=1)
+    ax.set(
+        xlim=(0, 1), xlabel="p_abnormal", ylabel="images",
+        title=f"out-of-fold p_abnormal and the bands (low {low:g}, high {high:g})",
+    )  # fmt: skip
+    ax.legend(loc="center left", fontsize=8)
+    return ax
+
+
+def plot_map_intervals(
+    boot: pd.DataFrame, maps: Mapping[str, float], ax: Axes | None = None, level: float = 0.9
+) -> Axes:
+    """mAP of several settings with the central ``level`` interval of their
+    bootstrap draws (:func:`cxrkit.metrics.bootstrap_map`), one row each."""
+    ax = _new_axes(ax, figsize=(8, 0.5 * len(maps) + 1.5))
+    names = list(maps)
+    tail = (1 - level) / 2
+    lo = np.array([boot[n].quantile(tail) for n in names])
+    hi = np.array([boot[n].quantile(1 - tail) for n in names])
+    value = np.array([maps[n] for n in names])
+    y = np.arange(len(names))[::-1]
+    ax.errorbar(value, y, xerr=[value - lo, hi - value], fmt="o", capsize=4, color="black")
+    ax.set_yticks(y, names)
+    ax.set(xlabel=f"mAP@0.4 ({level:.0%} bootstrap interval)", title="test mAP@0.4 by setting")
+    ax.grid(axis="x", alpha=0.3)
     return ax

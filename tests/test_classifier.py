@@ -23,6 +23,7 @@ from cxrkit.classifier import (
 )
 from cxrkit.errors import ResumeError, WeightsError
 from cxrkit.labels import NO_FINDING_ID
+from cxrkit.metrics import calibration_table, roc_curve
 from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.train import predict_to_submission
 
@@ -88,6 +89,36 @@ def test_roc_auc_matches_the_pairwise_definition():
     assert roc_auc(y, s) == pytest.approx(np.mean(pairs))
     assert roc_auc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2]) == 1.0
     assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_roc_curve_steps_through_each_threshold_and_its_area_is_the_auc():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.random(60), 1)  # ties: each distinct score is one point
+    fpr, tpr, thresholds = roc_curve(y, s)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    for f, t, thr in zip(fpr[1:], tpr[1:], thresholds[1:], strict=True):
+        flagged = s >= thr  # the definition of a point, counted directly
+        assert t == pytest.approx(flagged[y == 1].mean())
+        assert f == pytest.approx(flagged[y == 0].mean())
+    assert len(thresholds) == len(np.unique(s)) + 1
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s))  # ties: diagonal steps
+    with pytest.raises(ValueError, match="both classes"):
+        roc_curve([1, 1], [0.3, 0.4])
+
+
+def test_calibration_table_bins_by_predicted_probability():
+    y = [0, 0, 1, 0, 1, 1, 1]
+    p = [0.05, 0.15, 0.15, 0.55, 0.65, 0.95, 1.0]
+    table = calibration_table(y, p, bins=2)
+    assert table["images"].tolist() == [3, 4]  # p = 1.0 lands in the last bin
+    assert table["share_abnormal"].tolist() == pytest.approx([1 / 3, 3 / 4])
+    assert table["mean_p_abnormal"].tolist() == pytest.approx([0.35 / 3, 3.15 / 4])
+    assert table[["bin_low", "bin_high"]].to_numpy().tolist() == [[0.0, 0.5], [0.5, 1.0]]
+    assert calibration_table(y, p, bins=10)["images"].sum() == len(p)  # empty bins dropped
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        calibration_table([1], [1.5])
 
 
 def test_dataset_resizes_normalises_and_flips(tmp_path):

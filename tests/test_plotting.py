@@ -300,3 +300,34 @@ def test_plot_ap_vs_agreement_one_labelled_point_per_shared_class():
     assert to_hex(ax.collections[0].get_facecolor()[0]) == to_hex(class_color(0))
     with pytest.raises(ValueError, match="no finding class"):
         plot_ap_vs_agreement({14: 1.0}, {14: 1.0})
+
+
+def test_classifier_plots_draw_what_they_claim():
+    from cxrkit.plotting import (
+        plot_band_histogram,
+        plot_calibration,
+        plot_map_intervals,
+        plot_roc,
+    )
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    ax = plot_roc(y, {"a": p, "b": 1 - p})
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["a (AUC 0.89)", "b (AUC 0.11)"]
+    ax = plot_calibration(y, p, bins=2)
+    points = ax.lines[1].get_xydata()
+    assert points.ravel().tolist() == pytest.approx([0.2625, 0.25, 0.85, 1.0])
+    ax = plot_band_histogram(p, y, 0.2, 0.7)
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [0.2, 0.7]
+    assert {t.get_text() for t in ax.texts} == {
+        "drop boxes,\n14 1",
+        "keep boxes,\n+ 14 (1-p)",
+        "keep boxes",
+    }
+    boot = pd.DataFrame({"x": [0.1, 0.2, 0.3], "y": [0.5, 0.5, 0.5]})
+    ax = plot_map_intervals(boot, {"x": 0.2, "y": 0.5})
+    rows = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True)}
+    assert rows["x"] > rows["y"]  # the first setting on top
+    bars = ax.collections[0].get_segments()  # the 90 % interval of each row
+    assert [tuple(np.round(seg[:, 0], 3)) for seg in bars] == [(0.11, 0.29), (0.5, 0.5)]
