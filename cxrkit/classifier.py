@@ -48,7 +48,7 @@ from cxrkit.engine import Averager
 from cxrkit.errors import CheckpointError, DatasetError, UnsupportedError, WeightsError
 from cxrkit.fit import refuse_other_settings, seed_epoch
 from cxrkit.labels import NO_FINDING_ID
-from cxrkit.metrics import calibration_table, roc_auc, roc_curve
+from cxrkit.metrics import roc_auc
 from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.models import check_finite, check_state_matches, read_weights_file
 from cxrkit.train import (
@@ -67,12 +67,10 @@ __all__ = [
     "ClassifierResult",
     "abnormal_labels",
     "build_classifier",
-    "calibration_table",
     "classifier_from_checkpoint",
     "classify",
     "pos_weight",
     "roc_auc",
-    "roc_curve",
     "train_classifier",
 ]
 
