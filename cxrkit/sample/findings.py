@@ -168,12 +168,20 @@ def _lung_opacity(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
 
 def _nodule(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
     """A round, sharply marginated, bright nodule (or mass, when large)."""
+    return _round_lesion(a, rng, a.k * 0.025, a.k * 0.045, softness=0.8)
+
+
+def _round_lesion(
+    a: Anatomy, rng: np.random.Generator, r_min: float, r_max: float, softness: float
+) -> Finding:
+    """A bright disc in one lung, radius drawn from ``[r_min, r_max)`` (image-height units),
+    brightest at its centre: the nodule of both sample variants."""
     side = int(rng.integers(2))
     x, y = a.point_in_lung(rng, side, (0.2, 0.75), (0.3, 0.7))
-    r = a.k * rng.uniform(0.025, 0.045)
+    r = rng.uniform(r_min, r_max)
     d = np.hypot(a.X - x, a.Y - y)
     mask = d < r
-    alpha = soft(mask, 0.8)
+    alpha = soft(mask, softness)
     shade = 0.30 + 0.06 * (1 - d / r)
     return [mask], _adder(alpha * shade)
 
@@ -275,14 +283,7 @@ def _pulmonary_fibrosis(a: Anatomy, rng: np.random.Generator, h: int) -> Finding
 
 def _small_nodule(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
     """A small round nodule, box side 3-6 % of the image (the ``small_thin`` variant)."""
-    side = int(rng.integers(2))
-    x, y = a.point_in_lung(rng, side, (0.2, 0.75), (0.3, 0.7))
-    r = rng.uniform(0.015, 0.03)  # units of the image height: box side 2r
-    d = np.hypot(a.X - x, a.Y - y)
-    mask = d < r
-    alpha = soft(mask, 0.6)
-    shade = 0.30 + 0.06 * (1 - d / r)
-    return [mask], _adder(alpha * shade)
+    return _round_lesion(a, rng, 0.015, 0.03, softness=0.6)  # box side 2r
 
 
 def _thin_pleural_band(a: Anatomy, rng: np.random.Generator, h: int) -> Finding:
