@@ -24,7 +24,7 @@ from torchvision.models import detection
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -32,6 +32,7 @@ from cxrkit.anchors import CXR_SMALL_LEVELS, AnchorSpec, fit_anchors, stock_anch
 from cxrkit.errors import CheckpointError, WeightsError
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.model_names import MODEL_NAMES as MODEL_NAMES  # re-exported
+from cxrkit.roi_align import CpuMultiScaleRoIAlign
 
 CXR_SMALL_SIZE = 256  # default input side of cxr_small, in pixels
 # cxr_small's stock anchors (CXR_SMALL_ANCHOR_FRACTIONS, CXR_SMALL_ASPECT_RATIOS) live in
@@ -126,7 +127,8 @@ def _build_cxr_small(
         )
     sizes = tuple(tuple(int(round(s)) for s in level) for level in spec.sizes)
     anchors = AnchorGenerator(sizes, spec.aspect_ratios)
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    # torchvision's pooling, computed as matrix products on a CPU (cxrkit.roi_align)
+    roi_pool = CpuMultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = int(kwargs.pop("representation_size", 256))
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation)
     defaults: dict[str, Any] = {
