@@ -71,6 +71,7 @@ _API: dict[str, str] = {
     "anchor_coverage": "anchors",
     "choose_input_size": "anchors",
     "load_checkpoint": "checkpoints",
+    "grid_coverage": "anchors",
     "save_checkpoint": "checkpoints",
     "model_from_checkpoint": "checkpoints",
     "Averager": "engine",

@@ -125,8 +125,7 @@ def _build_cxr_small(
             f"cxr_small has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors give "
             f"sizes for {len(spec.sizes)}"
         )
-    sizes = tuple(tuple(int(round(s)) for s in level) for level in spec.sizes)
-    anchors = AnchorGenerator(sizes, spec.aspect_ratios)
+    anchors = AnchorGenerator(spec.pixel_sizes(), spec.aspect_ratios)
     # torchvision's pooling, computed as matrix products on a CPU (cxrkit.roi_align)
     roi_pool = CpuMultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = int(kwargs.pop("representation_size", 256))

@@ -372,7 +372,7 @@ def _fit_to_boxes(
         print(f"{spec.describe()} (from {len(wh)} training boxes)")
         sets = {"stock": stock_anchors(cfg.size), "fitted": spec}
         coverage = compare_coverage(train_table, meta, sets, cfg.size)
-        print("share of training boxes whose best anchor reaches IoU 0.5 / 0.7 (centred):")
+        print("share of training boxes whose best anchor reaches IoU 0.5 / 0.7, centred:")
         print(coverage.round(2).to_string())
     return cfg, spec
 
@@ -386,6 +386,9 @@ def read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
             "(python -m cxrkit preprocess RAW_DIR DATA_DIR)"
         )
     return data / "train", load_meta(meta_path)
+        on_grid = compare_coverage(train_table, meta, sets, cfg.size, on_grid=True)
+        print("and on the anchor grid (strides 8-64 px), what the RPN matches:")
+        print(on_grid.round(2).to_string())
 
 
 def _describe_run(

@@ -20,6 +20,8 @@ from cxrkit.anchors import (
     anchor_coverage,
     choose_input_size,
     fit_anchors,
+    grid_anchors,
+    grid_coverage,
     kmeans_iou,
     resized_boxes,
     shape_iou,
@@ -133,8 +135,46 @@ def test_resized_boxes_scale_each_axis():
     boxes = resized_boxes(table, meta, 50)
     assert len(boxes) == 4  # No finding left out
     np.testing.assert_allclose(boxes[["w", "h"]].to_numpy()[2], [5.0, 3.5])
+    assert {"x", "y"} <= set(boxes.columns)  # the top-left corner, for grid_coverage
     with pytest.raises(ValueError, match="not in meta"):
         resized_boxes(table, meta[meta["image_id"] == "a"], 50)
+
+
+@pytest.mark.parametrize("size", [384, 200])
+def test_grid_anchors_are_the_ones_the_model_uses(size):
+    """Same boxes, same order as cxr_small's RPN makes on a real forward pass (200 px
+    is padded to 224, so the coarsest stride is 56, not 64)."""
+    spec = _fitted_spec()
+    model = build_model("cxr_small", num_classes=15, min_size=size, anchors=spec).eval()
+    seen = {}
+
+    def keep(_module, _inputs, output) -> None:
+        seen["anchors"] = output[0]
+
+    hook = model.rpn.anchor_generator.register_forward_hook(keep)
+    with torch.no_grad():
+        model([torch.zeros(3, size, size)])
+    hook.remove()
+    np.testing.assert_allclose(grid_anchors(spec, size), seen["anchors"].numpy())
+
+
+def test_grid_coverage_counts_the_offset_from_the_nearest_anchor_centre():
+    # one 8 x 8 anchor a level; anchors are centred on multiples of the stride
+    spec = AnchorSpec(((8.0,),) * 4, ((1.0,),) * 4, image_size=64)
+    meta = pd.DataFrame({"image_id": ["a"], "dim0": [64], "dim1": [64]})
+    rows = [
+        ("a", 0, 4, 4, 12, 12),  # centred on (8, 8): IoU 1
+        ("a", 8, 0, 4, 8, 12),  # centred on (4, 8), 4 px off any centre: IoU 32 / 96
+    ]
+    table = pd.DataFrame(rows, columns=["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"])
+    cov = grid_coverage(table, meta, spec)
+    assert cov.loc["Aortic enlargement", "median IoU"] == pytest.approx(1.0)
+    assert cov.loc["Nodule/Mass", "median IoU"] == pytest.approx(1 / 3)
+    # centred, both boxes fit the anchor exactly
+    assert anchor_coverage(table, meta, spec).loc["all", "iou>=0.7"] == 1.0
+    assert cov.loc["all", "iou>=0.7"] == 0.5
+    with pytest.raises(ValueError, match="strides"):
+        grid_anchors(spec, 64, strides=(8, 16))
 
 
 def _fitted_spec() -> AnchorSpec:
