@@ -95,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "num_workers": args.workers,
         "size": args.size,
         "anchors": args.anchors,
+        "repeat_threshold": args.repeat_threshold,
         "folds": args.folds,
         "fold": args.fold,
     }
@@ -487,6 +488,11 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
         help="cxr_small anchors: stock, or auto = fitted to the training boxes "
         "(then --size defaults to auto)",
     )
+    p.add_argument(
+        "--repeat-threshold", type=fraction_open, default=None, metavar="T",
+        help="repeat factor sampling: show the images of classes found on fewer than this "
+        "share of the training images more often, e.g. 0.1 (default: each image once an epoch)",
+    )  # fmt: skip
 
 
 def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cxrkit._atomic import write_csv_atomic
 from cxrkit._runlock import run_lock
@@ -53,6 +53,7 @@ from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_ot
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.models import build_model, classes_in_state
 from cxrkit.profiles import Profile
+from cxrkit.sampling import RepeatFactorSampler, repeat_factors
 from cxrkit.submission import add_no_finding, prediction_strings, write_submission
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
@@ -108,6 +109,9 @@ class TrainConfig:
     folds: int | None = None  # k-fold: fold ``fold`` of ``folds`` validates (not valid_fraction)
     fold: int | None = None
     amp: bool | None = None  # mixed precision; None: on for CUDA (as fit does)
+    # repeat factor sampling (cxrkit.sampling): images of classes on fewer than this
+    # share of the training images are shown more often; None: each image once an epoch
+    repeat_threshold: float | None = None
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
@@ -240,8 +244,16 @@ def make_loaders(
     valid_ds = XrayDataset(
         table[ids.isin(set(split[1]))], image_dir, valid_transforms(cfg.size), meta=meta
     )
-    sampler = None
-    if info.enabled:
+    sampler: Sampler[int] | None = None
+    if cfg.repeat_threshold is not None:
+        if info.enabled:
+            raise ValueError(
+                "repeat_threshold= (repeat factor sampling) runs in one process; under torchrun "
+                "each rank would need its own shard of the repeated images"
+            )
+        factors = repeat_factors(train_ds.truth_table(), cfg.repeat_threshold)
+        sampler = RepeatFactorSampler([factors[i] for i in train_ds.image_ids], seed=cfg.seed)
+    elif info.enabled:
         sampler = DistributedSampler(
             train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
@@ -374,6 +386,9 @@ def _fit_to_boxes(
         coverage = compare_coverage(train_table, meta, sets, cfg.size)
         print("share of training boxes whose best anchor reaches IoU 0.5 / 0.7, centred:")
         print(coverage.round(2).to_string())
+        on_grid = compare_coverage(train_table, meta, sets, cfg.size, on_grid=True)
+        print("and on the anchor grid (strides 8-64 px), what the RPN matches:")
+        print(on_grid.round(2).to_string())
     return cfg, spec
 
 
@@ -386,9 +401,6 @@ def read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
             "(python -m cxrkit preprocess RAW_DIR DATA_DIR)"
         )
     return data / "train", load_meta(meta_path)
-        on_grid = compare_coverage(train_table, meta, sets, cfg.size, on_grid=True)
-        print("and on the anchor grid (strides 8-64 px), what the RPN matches:")
-        print(on_grid.round(2).to_string())
 
 
 def _describe_run(
@@ -399,7 +411,17 @@ def _describe_run(
     return (
         f"training {cfg.model_name} on {len(train.dataset)} images, validating on "
         f"{len(valid.dataset)} ({cfg.size} px, batch {cfg.batch_size}, lr {cfg.lr}, "
-        f"device {device}{processes})"
+        f"device {device}{processes}){_repeats(cfg, train)}"
+    )
+
+
+def _repeats(cfg: TrainConfig, train: DataLoader) -> str:
+    """What repeat factor sampling adds to an epoch (empty without it)."""
+    if cfg.repeat_threshold is None:
+        return ""
+    return (
+        f"; repeat factor sampling (threshold {cfg.repeat_threshold:g}) shows about "
+        f"{len(train.sampler)} images an epoch"
     )
 
 
