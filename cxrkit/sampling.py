@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Sampler
 
 from cxrkit.annotations import image_class_sets
+from cxrkit.fit import epoch_seed
 
 
 def repeat_factors(table: pd.DataFrame, threshold: float) -> pd.Series:
@@ -75,9 +76,12 @@ class RepeatFactorSampler(Sampler[int]):
     """Dataset indices for one epoch, each repeated by its factor (stochastic rounding), shuffled.
 
     ``factors[i]`` belongs to the dataset's item ``i``. Seeded: the same seed gives the
-    same sequence of epochs. An epoch's length varies by an image or two; each epoch
-    is drawn when it is first asked for, by ``len`` or by iterating, so ``len`` (and
-    a progress bar's total) is that of the epoch about to run.
+    same sequence of epochs, and :meth:`set_epoch` (called by :func:`cxrkit.fit.fit`
+    before each epoch) makes an epoch's draw depend on ``(seed, epoch)`` only, so a
+    resumed run sees the images an uninterrupted one would. An epoch's length varies
+    by an image or two; each epoch is drawn when it is first asked for, by ``len`` or
+    by iterating, so ``len`` (and a progress bar's total) is that of the epoch about
+    to run.
     """
 
     def __init__(self, factors: Sequence[float], seed: int = 0) -> None:
@@ -88,8 +92,14 @@ class RepeatFactorSampler(Sampler[int]):
             raise ValueError("every repeat factor must be a finite number >= 1")
         self.whole = torch.as_tensor(np.floor(values).astype(np.int64))
         self.fraction = torch.as_tensor(values - np.floor(values))
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self._next_epoch: list[int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch`` from ``(seed, epoch)`` alone (what an exact resume needs)."""
+        self.generator.manual_seed(epoch_seed(self.seed, int(epoch)))
+        self._next_epoch = None
 
     def _draw(self) -> list[int]:
         extra = torch.rand(len(self.fraction), generator=self.generator, dtype=torch.float64)

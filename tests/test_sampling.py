@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cxrkit.distributed import DistInfo
+from cxrkit.fit import seed_epoch
 from cxrkit.sampling import RepeatFactorSampler, expected_class_exposure, repeat_factors
 from cxrkit.train import TrainConfig, make_loaders, read_folder, read_training_table
 
@@ -93,6 +94,20 @@ def test_sampler_is_seeded_and_shuffles():
     assert len(asked) > 0 and list(asked) == b
 
 
+def test_an_epoch_depends_on_seed_and_epoch_only_so_resume_is_exact():
+    factors = [1.0] * 30 + [2.6, 1.4]
+    running = RepeatFactorSampler(factors, seed=5)
+    epochs = {}
+    for epoch in (1, 2, 3):
+        running.set_epoch(epoch)
+        len(running)  # a progress bar asks for the length first
+        epochs[epoch] = list(running)
+    resumed = RepeatFactorSampler(factors, seed=5)  # a new process, resuming at epoch 3
+    resumed.set_epoch(3)
+    assert list(resumed) == epochs[3]
+    assert epochs[2] != epochs[3]
+
+
 @pytest.mark.parametrize("bad", [[], [0.5, 1.0], [1.0, float("nan")]])
 def test_sampler_refuses_factors_below_one(bad):
     with pytest.raises(ValueError, match="factor"):
@@ -116,6 +131,12 @@ def test_training_loader_repeats_the_rare_images(preprocessed, sample_data):
     assert expected.max() > 1.5  # some images really are repeated at this threshold
     batches = len(train_loader)  # the progress bar's total is the epoch's true length
     assert sum(1 for _ in train_loader) == batches
+    # fit seeds each epoch through seed_epoch, which reaches the sampler's set_epoch
+    orders = []
+    for _ in range(2):
+        seed_epoch(train_loader, cfg.seed, 4)
+        orders.append(list(train_loader.sampler))
+    assert orders[0] == orders[1]
     with pytest.raises(ValueError, match="torchrun"):
         make_loaders(table, meta, image_dir, split, cfg, DistInfo(rank=0, world_size=2))
 
