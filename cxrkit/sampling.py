@@ -22,6 +22,7 @@ without it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -46,10 +47,7 @@ def repeat_factors(table: pd.DataFrame, threshold: float) -> pd.Series:
     sets = image_class_sets(table)
     if sets.empty:
         raise ValueError("repeat factors need at least one training image, the table is empty")
-    counts: dict[int, int] = {}
-    for classes in sets:
-        for c in classes:
-            counts[c] = counts.get(c, 0) + 1
+    counts = Counter(c for classes in sets for c in classes)
     n_images = len(sets)
     per_class = {c: max(1.0, math.sqrt(threshold / (n / n_images))) for c, n in counts.items()}
     factors = sets.map(lambda classes: max(per_class[c] for c in classes))
