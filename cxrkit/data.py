@@ -12,6 +12,7 @@ exactly one out-of-fold prediction.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -299,10 +300,7 @@ def split(
     order = list(labels)  # image ids in table order
     images = [order[i] for i in rng.permutation(len(order))]
 
-    counts: dict[int, int] = {}
-    for classes in labels.values():
-        for c in classes:
-            counts[c] = counts.get(c, 0) + 1
+    counts = Counter(c for classes in labels.values() for c in classes)
     # wishes[side][class]: how many more images of the class each side wants
     want_valid = {
         c: max(1.0, valid_fraction * n) if n >= 2 else valid_fraction * n for c, n in counts.items()
@@ -411,10 +409,7 @@ def kfold_assign(
     rng = np.random.default_rng(seed)
     order = list(labels)
     images = [order[i] for i in rng.permutation(len(order))]
-    counts: dict[int, int] = {}
-    for classes in labels.values():
-        for c in classes:
-            counts[c] = counts.get(c, 0) + 1
+    counts = Counter(c for classes in labels.values() for c in classes)
     wishes = [{c: n / folds for c, n in counts.items()} for _ in range(folds)]
     capacity = [len(images) / folds] * folds
     fold_of: dict[str, int] = {}
