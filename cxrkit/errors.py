@@ -29,6 +29,9 @@ __all__ = [
     "UnsupportedError",
     "NonFiniteLossError",
     "SubmissionError",
+    "ConfigError",
+    "ConfigTypeError",
+    "UnknownNameError",
 ]
 
 
@@ -68,6 +71,28 @@ class OverwriteError(CxrkitError, FileExistsError):
     """An output would replace what must be kept: an input of the same command, a
     non-empty folder that cxrkit did not write, a finished run (without ``--resume``
     or ``--overwrite``) or a run folder another training is writing."""
+
+
+# -------------------------------------------------------------------- settings
+class ConfigError(CxrkitError, ValueError):
+    """A setting or argument that cannot be used: an unknown model or schedule, a
+    fraction outside (0, 1), a size that is not a number of pixels. The message
+    names the setting, the value given and what is allowed."""
+
+
+class ConfigTypeError(CxrkitError, TypeError):
+    """An argument of the wrong kind (a float where a whole number is needed, a table
+    where a path is expected); the message names the argument and its type."""
+
+
+class UnknownNameError(CxrkitError, KeyError):
+    """A name looked up in a fixed table is not there (a class name, a prediction key).
+
+    ``str()`` is the plain message (a bare ``KeyError`` would show it quoted).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 # ---------------------------------------------------------------------- tables

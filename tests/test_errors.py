@@ -31,6 +31,9 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "FoldError": (ValueError, "data"),
     "UnsupportedError": (NotImplementedError, "classifier"),
     "NonFiniteLossError": (FloatingPointError, "engine"),
+    "ConfigError": (ValueError, "errors"),
+    "ConfigTypeError": (TypeError, "errors"),
+    "UnknownNameError": (KeyError, "errors"),
 }
 
 
