@@ -1,15 +1,19 @@
-"""Training checkpoints: save (atomic), load (``weights_only=True``), rebuild a model.
+"""Checkpoints and weight files: save (atomic), read (``weights_only=True``), check.
 
-A checkpoint is a plain dict (model and optimizer states, how the model was built,
-the run's ``config``, RNG states); notebook 04 (section 4) teaches why
-``weights_only=True`` matters. Format 1 files (before the engine/fit/train split)
-still load: their settings are gathered into ``config``.
+The one module that calls ``torch.load``. A checkpoint is a plain dict (model and
+optimizer states, how the model was built, the run's ``config``, RNG states);
+notebook 04 (section 4) teaches why ``weights_only=True`` matters. Format 1 files
+(before the engine/fit/train split) still load: their settings are gathered into
+``config``. Rebuilding a model from a checkpoint needs the model builders, so it
+lives with them: :func:`cxrkit.models.model_from_checkpoint`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,19 +23,8 @@ import torch
 from torch import nn
 
 from cxrkit._atomic import atomic_path
-from cxrkit.anchors import AnchorSpec
 from cxrkit.distributed import unwrap
 from cxrkit.errors import CheckpointError
-from cxrkit.models import (
-    MODEL_NAMES,
-    build_model,
-    check_finite,
-    check_state_matches,
-    classes_in_state,
-    read_weights_file,
-    state_dict_from_file,
-    to_pretrained_layout,
-)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,7 +33,11 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_into_model",
-    "model_from_checkpoint",
+    "read_weights_file",
+    "state_dict_from_file",
+    "check_finite",
+    "classes_in_state",
+    "check_state_matches",
     "rng_state",
     "set_rng_state",
     "schedule_settings",
@@ -57,6 +54,138 @@ USE_OF_KIND = {
     "detector": "a detector (train; predict writes a submission with it)",
     "classifier": "a normal/abnormal classifier (train-classifier; classify uses it)",
 }
+
+
+# ------------------------------------------------------------------ weight files
+def read_weights_file(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a CheckpointError."""
+    if path.is_dir():
+        hint = (
+            " (a run folder: give RUN/best.pt or RUN/last.pt)"
+            if (path / "best.pt").is_file()
+            else ""
+        )
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a broken or foreign file
+        reason = f"{type(exc).__name__}: {_first_sentences(exc)}"
+        if isinstance(exc, pickle.UnpicklingError) and str(exc).startswith(_REFUSED):
+            reason = _unpickling_reason(exc)
+            if "global" in reason.lower():  # it asks to import and call Python code
+                raise CheckpointError(
+                    f"checkpoint {path} was refused: {reason} A weights file never needs "
+                    "this, and loading it with weights_only=False could run code hidden in "
+                    "it; use a checkpoint written by cxrkit or torch.save(model.state_dict())"
+                ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({reason}); the file is corrupt, "
+            "truncated, or not a PyTorch state_dict/cxrkit checkpoint"
+        ) from exc
+
+
+_REFUSED = "Weights only load failed"  # how torch's weights_only refusals begin
+
+
+def _first_sentences(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error message, cut after a whole sentence if longer than ``limit``."""
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[: end + 1] if end > 0 else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """What torch's weights_only unpickler refused, without its advice to turn the check off.
+
+    torch's message is the advice ("Re-running torch.load with weights_only set to
+    False will likely succeed ... Do it only if you got the file from a trusted
+    source."), the reason (after "WeightsUnpickler error:" in some versions) and a
+    link. Only the reason's first sentence is kept, whole.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of it for terminals
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    advice = (_REFUSED, "Check the documentation")
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.strip().startswith(advice)]
+    reason = " ".join(paragraphs[0].split()) if paragraphs else ""
+    sentence = re.match(r"(.+?\.)(\s|$)", reason)
+    if sentence:
+        return sentence.group(1)
+    return reason + "." if reason else "it holds Python objects other than tensors."
+
+
+def state_dict_from_file(path: Path, expected_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The model state_dict inside a cxrkit checkpoint or a bare state_dict file."""
+    obj = read_weights_file(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        # a cxrkit checkpoint, or torchvision references' {"model": ..., "optimizer": ...}
+        name = obj.get("model_name")
+        if expected_name is not None and name is not None and name != expected_name:
+            raise CheckpointError(
+                f"checkpoint {path} holds a {name!r} model, not {expected_name!r}; build "
+                f"{name!r} or use model_from_checkpoint({str(path)!r})"
+            )
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no model state_dict (got {type(obj).__name__})")
+    check_finite(obj, path)
+    return dict(obj)
+
+
+def check_finite(state: Mapping[str, Any], path: Any) -> None:
+    """Refuse weights with NaN or infinite values, naming the file and the first bad tensor.
+
+    Such a model predicts nothing useful (every score NaN, so every image gets the
+    same "No finding" row), yet would write a submission that looks whole.
+    """
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - finite.sum())
+                raise CheckpointError(
+                    f"checkpoint {path} has non-finite weights: {key} holds {bad} NaN or "
+                    f"infinite value(s) of {value.numel()} (the training diverged); use an "
+                    "earlier checkpoint, or train again with a lower --lr"
+                )
+
+
+def classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
+    """The class count of a Faster R-CNN state_dict (rows of its box classifier)."""
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state:
+        raise CheckpointError(
+            f"{path} is not a Faster R-CNN state_dict (no {key!r}); first keys: {list(state)[:3]}"
+        )
+    return int(state[key].shape[0])
+
+
+def check_state_matches(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Any, what: str
+) -> None:
+    """Raise CheckpointError naming the first mismatches instead of PyTorch's wall of text."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:2]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:2]}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {what} model: " + "; ".join(parts)
+        )
 
 
 def _numpy_rng_state() -> dict[str, Any]:
@@ -187,7 +316,7 @@ def _upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**ckpt, "config": {**config, **dict(ckpt.get("train_args") or {})}}
 
 
-def _is_cxrkit_checkpoint(obj: Any, path: Path) -> bool:
+def is_cxrkit_checkpoint(obj: Any, path: Path) -> bool:
     """Whether ``obj`` is a cxrkit checkpoint; CheckpointError if a newer cxrkit wrote it."""
     if not (isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT):
         return False
@@ -213,7 +342,7 @@ def load_checkpoint(
     """
     path = Path(path)
     obj = read_weights_file(path, map_location)
-    if _is_cxrkit_checkpoint(obj, path):
+    if is_cxrkit_checkpoint(obj, path):
         ckpt = _upgrade(dict(obj))
         check_finite(ckpt.get("model") or {}, path)
     else:
@@ -246,50 +375,11 @@ def load_into_model(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.Pa
     bare.load_state_dict(ckpt["model"])
 
 
-def _stored_anchors(config: Mapping[str, Any], path: Path) -> AnchorSpec | None:
-    """The fitted anchors a checkpoint's model was built with (None: stock anchors,
-    also for checkpoints written before anchors could be fitted)."""
-    stored = config.get("anchors")
-    if stored is None:
-        return None
-    try:
-        return AnchorSpec.from_dict(stored)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} stores unusable anchors: {exc}") from exc
+def __getattr__(name: str) -> Any:
+    """``model_from_checkpoint`` moved to :mod:`cxrkit.models` (it builds models); the
+    old import ``from cxrkit.checkpoints import model_from_checkpoint`` still works."""
+    if name == "model_from_checkpoint":
+        from cxrkit.models import model_from_checkpoint
 
-
-def model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild the model a cxrkit checkpoint was saved from and load its weights.
-
-    Uses the stored name, class count and build options (input size, fitted
-    anchors, ...), so ``predict`` needs nothing but the file. No download happens (``weights=None``
-    for the architecture, then the checkpoint's weights).
-    """
-    path = Path(path)
-    ckpt = read_weights_file(path, map_location)
-    if not _is_cxrkit_checkpoint(ckpt, path):
-        raise CheckpointError(
-            f"{path} is not a cxrkit checkpoint (no model name stored); build the model with "
-            "build_model(name, weights=path) instead"
-        )
-    require_kind(ckpt, "detector", path)
-    config = dict(ckpt.get("model_config") or {})
-    name = ckpt.get("model_name") or config.get("name")
-    if name not in MODEL_NAMES:
-        raise CheckpointError(f"checkpoint {path} names an unknown model {name!r}")
-    model = build_model(
-        name,
-        num_classes=int(ckpt["num_classes"]),
-        weights=None,
-        min_size=config.get("min_size"),
-        max_size=config.get("max_size"),
-        anchors=_stored_anchors(config, path),
-        **dict(config.get("kwargs") or {}),
-    )
-    state = ckpt["model"]
-    if name != "cxr_small" and not any(k.endswith("num_batches_tracked") for k in state):
-        model = to_pretrained_layout(model, name)  # trained from COCO: FrozenBatchNorm
-    check_state_matches(model, state, path, repr(name))
-    check_finite(state, path)
-    model.load_state_dict(state)
-    return model
+        return model_from_checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

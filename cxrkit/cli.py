@@ -13,19 +13,30 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from cxrkit._atomic import write_csv_atomic
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
+from cxrkit.config import (
+    TrainConfig,
+    add_config_options,
+    fold_count,
+    fraction_open,
+    iou_threshold,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    typed_settings,
+)
 from cxrkit.doctor import check_environment, format_report
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.metrics import vinbigdata_map
-from cxrkit.model_names import CLASSIFIER_NAMES, MODEL_NAMES
+from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.paths import write_sample
 from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
 from cxrkit.profiles import PROFILE_NAMES, choose_profile
@@ -84,24 +95,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from cxrkit.train import train_from_folder
 
-    settings = {
-        "model_name": args.model,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "weights": args.weights,
-        "lr": args.lr,
-        "valid_fraction": args.valid_fraction,
-        "seed": args.seed,
-        "num_workers": args.workers,
-        "size": args.size,
-        "anchors": args.anchors,
-        "repeat_threshold": args.repeat_threshold,
-        "folds": args.folds,
-        "fold": args.fold,
-    }
-    config = None
-    if getattr(args, "profile", None):
-        config, settings = _profile_config(args, settings)
+    config = _train_config(args)
     result = train_from_folder(
         data_dir=args.data_dir,
         annotations_csv=args.annotations_csv,
@@ -110,7 +104,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         max_minutes=args.max_minutes,
-        **settings,
     )
     print(result)
     return 0
@@ -208,54 +201,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # Each is an argparse ``type=``: a bad value is refused in one line before any work.
 
 
-def positive_int(text: str) -> int:
-    """A whole number > 0 (sizes, counts, epochs)."""
-    value = _number(text, int, "a whole number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """A whole number >= 0 (worker processes, image counts)."""
-    value = _number(text, int, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (a learning rate, minutes)."""
-    value = _number(text, float, "a number")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def fraction_open(text: str) -> float:
-    """A fraction strictly between 0 and 1 (the share of images that validate)."""
-    value = _number(text, float, "a number")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
-    return value
-
-
-def iou_threshold(text: str) -> float:
-    """An IoU threshold in (0, 1]."""
-    value = _number(text, float, "a number")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
-    return value
-
-
-def fold_count(text: str) -> int:
-    """A number of folds: a whole number >= 2."""
-    value = _number(text, int, "a whole number")
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, got {text}")
-    return value
-
-
 def _add_fold_options(p: argparse.ArgumentParser) -> None:
     """``--folds K --fold F``: train one fold of a stratified k-fold split."""
     p.add_argument(
@@ -293,14 +238,6 @@ def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument --fold: must be one of 0..{args.folds - 1}, got {args.fold}")
 
 
-def probability(text: str) -> float:
-    """A number in [0, 1] (a probability or score threshold)."""
-    value = _number(text, float, "a number")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
 def output_folder(text: str) -> Path:
     """A folder to write into: it may not exist yet, but must not be a file."""
     path = Path(text)
@@ -315,13 +252,6 @@ def output_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give the path of a file")
     return path
-
-
-def _number(text: str, kind: type, what: str) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
 # ------------------------------------------------------------------ the parser
@@ -360,11 +290,6 @@ examples:
   python -m cxrkit evaluate submission.csv data/sample/test_labels.csv
 
 Run "python -m cxrkit COMMAND --help" for the options of a command."""
-
-
-def _size_or_auto(text: str) -> int | str:
-    """``--size``: a number of pixels, or "auto" (chosen from the training boxes)."""
-    return text if text == "auto" else positive_int(text)
 
 
 def _add_sample_command(p: argparse.ArgumentParser) -> None:
@@ -444,55 +369,15 @@ def _add_workers_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_command(p: argparse.ArgumentParser) -> None:
-    """``train``: train a Faster R-CNN on a preprocessed folder."""
+    """``train``: one option per field of :class:`cxrkit.config.TrainConfig`, plus the run's."""
     _add_run_inputs(p)
-    p.add_argument(
-        "--model", choices=MODEL_NAMES, default="cxr_small", metavar="NAME",
-        help=f"detector, one of: {', '.join(MODEL_NAMES)}",
-    )  # fmt: skip
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train in all")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per step")
-    p.add_argument(
-        "--weights", default=None,
-        help="initial weights: DEFAULT (COCO, downloaded), a local .pth file or checkpoint "
-        "(default: none, random initial weights)",
-    )  # fmt: skip
+    add_config_options(p)
     _add_earlier_run_options(p)
-    p.add_argument(
-        "--lr", type=positive_float, default=None,
-        help="learning rate (default: per model, 0.02 for cxr_small, 0.005 for the others)",
-    )  # fmt: skip
-    p.add_argument(
-        "--valid-fraction", type=fraction_open, default=0.2,
-        help="share of the images that validate, between 0 and 1",
-    )  # fmt: skip
-    p.add_argument(
-        "--seed", type=int, default=42, help="random seed of the split, augmentation and model"
-    )
-    _add_workers_option(p)
     p.add_argument(
         "--max-minutes", type=positive_float, default=None,
         help="stop before an epoch that would end later (default: no limit)",
     )  # fmt: skip
-    p.add_argument(
-        "--size", type=_size_or_auto, default=None,
-        help="training image side in pixels, or auto: chosen from the training boxes and printed "
-        "(default: per model, 256 for cxr_small, 512 for the others; auto with --anchors auto)",
-    )  # fmt: skip
-    _add_fold_options(p)
     p.set_defaults(func=_cmd_train, command_parser=p)
-    p.add_argument(
-        "--anchors",
-        choices=("stock", "auto"),
-        default="stock",
-        help="cxr_small anchors: stock, or auto = fitted to the training boxes "
-        "(then --size defaults to auto)",
-    )
-    p.add_argument(
-        "--repeat-threshold", type=fraction_open, default=None, metavar="T",
-        help="repeat factor sampling: show the images of classes found on fewer than this "
-        "share of the training images more often, e.g. 0.1 (default: each image once an epoch)",
-    )  # fmt: skip
 
 
 def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
@@ -653,16 +538,6 @@ def _one_line(message: str) -> str:
 
 
 # ----------------------------------------------------------- train --profile, doctor
-# The option of each profile setting, and the TrainConfig field it sets.
-PROFILE_OPTIONS = {
-    "model": "model_name",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "weights": "weights",
-    "size": "size",
-}
-
-
 def _add_profile_option(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--profile",
@@ -674,34 +549,17 @@ def _add_profile_option(train: argparse.ArgumentParser) -> None:
     )
 
 
-def _explicit_options(argv: Sequence[str]) -> set[str]:
-    """The destinations ``argv`` sets itself: parsed again with every default suppressed."""
-    parser = build_parser()
-    parsers = [parser]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            parsers += list(action.choices.values())
-    for each in parsers:
-        each._defaults.clear()
-        for action in each._actions:
-            action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(list(argv))[0]))
-
-
-def _profile_config(args: argparse.Namespace, settings: dict) -> tuple[Any, dict]:
-    """``train --profile``: a TrainConfig from the profile, and the settings left to apply
-    (the profile's own only where the command line names them)."""
-    from cxrkit.train import TrainConfig
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings: the options typed, over the profile's (``--profile``) or the
+    defaults of :class:`TrainConfig`; the command line's defaults are never applied
+    over a profile, because an option not typed is not in ``args`` at all."""
+    typed = typed_settings(args)
+    if not getattr(args, "profile", None):
+        return TrainConfig(**typed)
     profile = choose_profile(
         None if args.profile == "auto" else args.profile, data_dir=args.data_dir
     )
-    explicit = _explicit_options(args.argv)
-    left = dict(settings)
-    for option, field in PROFILE_OPTIONS.items():
-        if option not in explicit:
-            del left[field]
-    return TrainConfig.from_profile(profile), left
+    return TrainConfig.from_profile(profile, **typed)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -717,7 +575,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # no command: the help, not an error
         parser.print_help()
         return 2
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what train --profile overrides
     _check_fold_options(getattr(args, "command_parser", parser), args)
     _check_predict_options(getattr(args, "command_parser", parser), args)
     try:

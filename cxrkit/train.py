@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ from cxrkit.anchors import (
     stock_anchors,
 )
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
-from cxrkit.checkpoints import load_checkpoint, model_from_checkpoint, require_kind
+from cxrkit.checkpoints import load_checkpoint, require_kind
+from cxrkit.config import TrainConfig, resolve
 from cxrkit.data import (
     TestDataset,
     XrayDataset,
-    check_fold,
     check_images_exist,
     collate_fn,
     fold_split,
@@ -48,89 +48,21 @@ from cxrkit.data import (
 from cxrkit.data import split as split_ids
 from cxrkit.distributed import DistInfo, broadcast_flag, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
-from cxrkit.errors import AnnotationError, CheckpointError, OverwriteError, ResumeError
+from cxrkit.errors import (
+    AnnotationError,
+    CheckpointError,
+    ConfigError,
+    DataNotFoundError,
+    OverwriteError,
+    ResumeError,
+)
 from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_other_settings
 from cxrkit.labels import MODEL_NUM_CLASSES
-from cxrkit.models import build_model, classes_in_state
-from cxrkit.profiles import Profile
+from cxrkit.models import build_model, classes_in_state, model_from_checkpoint
 from cxrkit.sampling import RepeatFactorSampler, repeat_factors
 from cxrkit.submission import add_no_finding, prediction_strings, write_submission
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
-
-# Per-model defaults of the settings a TrainConfig leaves at None: cxr_small learns
-# from scratch, so it wants a higher rate with a warmup and a cosine decay; the
-# COCO-initialised torchvision models keep the seed's recipe.
-SMALL_DEFAULTS: dict[str, Any] = {
-    "size": 256,
-    "lr": 0.02,
-    "schedule": "cosine",
-    "warmup_iters": 50,
-    "max_grad_norm": 10.0,
-}
-SEED_DEFAULTS: dict[str, Any] = {
-    "size": 512,
-    "lr": 0.005,
-    "schedule": "step",
-    "warmup_iters": 0,
-    "max_grad_norm": None,
-}
-PER_MODEL = tuple(SMALL_DEFAULTS)  # the fields whose None means "the model's default"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run, with its default (what ``cxrkit train`` uses).
-
-    ``size="auto"`` (or ``None`` with ``anchors="auto"``) is chosen from the training
-    boxes by :func:`cxrkit.anchors.choose_input_size` when the run starts.
-    ``size``, ``lr``, ``schedule``, ``warmup_iters`` and ``max_grad_norm`` left at
-    ``None`` take the model's default (:data:`SMALL_DEFAULTS` for ``cxr_small``,
-    :data:`SEED_DEFAULTS` otherwise); :meth:`resolved` fills them in.
-    """
-
-    model_name: str = "cxr_small"
-    epochs: int = 10
-    batch_size: int = 4
-    weights: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    schedule: str | None = None
-    step_size: int = 3
-    gamma: float = 0.1
-    warmup_iters: int | None = None
-    max_grad_norm: float | None = None
-    size: int | str | None = None
-    valid_fraction: float = 0.2
-    seed: int = 42
-    num_workers: int = 0
-    anchors: str = "stock"  # cxr_small: "stock" or "auto" (fitted to the training boxes)
-    folds: int | None = None  # k-fold: fold ``fold`` of ``folds`` validates (not valid_fraction)
-    fold: int | None = None
-    amp: bool | None = None  # mixed precision; None: on for CUDA (as fit does)
-    # repeat factor sampling (cxrkit.sampling): images of classes on fewer than this
-    # share of the training images are shown more often; None: each image once an epoch
-    repeat_threshold: float | None = None
-
-    @classmethod
-    def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
-        """The settings of ``profile`` (:mod:`cxrkit.profiles`), changed by ``overrides``."""
-        return cls(**{**profile.settings(), **overrides})
-
-    def resolved(self) -> TrainConfig:
-        """This config with the per-model defaults in place of ``None``."""
-        defaults = SMALL_DEFAULTS if self.model_name == "cxr_small" else SEED_DEFAULTS
-        filled = {k: defaults[k] for k in PER_MODEL if getattr(self, k) is None}
-        if self.lr is not None:
-            filled["lr"] = float(self.lr)
-        if self.size:  # 0 or None: the model's default, as --size 0 always meant
-            filled["size"] = int(self.size)
-        else:
-            filled["size"] = defaults["size"]
-        weights = None if self.weights is None else str(self.weights)
-        check_fold(self.folds, self.fold)
-        return replace(self, **filled, weights=weights)
 
 
 def read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
@@ -247,7 +179,7 @@ def make_loaders(
     sampler: Sampler[int] | None = None
     if cfg.repeat_threshold is not None:
         if info.enabled:
-            raise ValueError(
+            raise ConfigError(
                 "repeat_threshold= (repeat factor sampling) runs in one process; under torchrun "
                 "each rank would need its own shard of the repeated images"
             )
@@ -279,13 +211,10 @@ def make_loaders(
 def _build_for_training(
     cfg: TrainConfig, device: torch.device, info: DistInfo, anchors: AnchorSpec | None = None
 ) -> nn.Module:
-    """The model of ``cfg`` on ``device``, wrapped in DistributedDataParallel under torchrun."""
-    model_kw: dict[str, Any] = {}
-    if cfg.model_name == "cxr_small" or cfg.size != SEED_DEFAULTS["size"]:
-        model_kw = {"min_size": cfg.size, "max_size": cfg.size}
-    if anchors is not None:
-        model_kw["anchors"] = anchors
-    model = build_model(cfg.model_name, weights=cfg.weights, **model_kw).to(device)
+    """The model of ``cfg``, built for ``cfg.size`` px, on ``device``; wrapped in
+    DistributedDataParallel under torchrun."""
+    model = build_model(cfg.model_name, weights=cfg.weights, size=cfg.size, anchors=anchors)
+    model = model.to(device)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if device.type == "cuda" else None
@@ -343,18 +272,6 @@ def _refuse_other_split_settings(out: Path, cfg: TrainConfig) -> None:
     if last.is_file():
         saved = load_checkpoint(last).get("config") or {}
         refuse_other_settings(last, saved, asdict(cfg), cfg.epochs)
-
-
-def _auto_size(cfg: TrainConfig) -> bool:
-    """Whether the run's input size is to be chosen from the data (``size="auto"``, or
-    no size with fitted anchors); ValueError for an unknown ``anchors`` setting."""
-    if cfg.anchors not in ("stock", "auto"):
-        raise ValueError(f'anchors must be "stock" or "auto", got {cfg.anchors!r}')
-    if cfg.anchors == "auto" and cfg.model_name != "cxr_small":
-        raise ValueError(f'anchors="auto" is for cxr_small; {cfg.model_name} keeps its anchors')
-    if isinstance(cfg.size, str) and cfg.size != "auto":
-        raise ValueError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
-    return cfg.size == "auto" or (not cfg.size and cfg.anchors == "auto")
 
 
 def _fit_to_boxes(
@@ -463,11 +380,11 @@ def train_from_folder(
     """
     t_start = time.monotonic()
     cfg = replace(config or TrainConfig(), **settings)
-    auto_size = _auto_size(cfg)
-    cfg = replace(cfg, size=None if auto_size else cfg.size).resolved()
     out = Path(out_dir)
     info = setup_distributed()
     try:
+        cfg = resolve(cfg, show=info.is_main)
+        auto_size = cfg.size == "auto"
         device = try_gpu(info.local_rank)
         with run_folder_lock(out, info, device):
             prepare_run_folder(out, resume, overwrite, info)
@@ -533,7 +450,7 @@ def read_split(data_dir: str | os.PathLike, split: str = "test") -> tuple[pd.Dat
     data = Path(data_dir)
     meta_path = data / f"{split}_meta.csv"
     if not meta_path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
         )
     meta = load_meta(meta_path)

@@ -29,6 +29,8 @@ from cxrkit.anchors import (
 )
 from cxrkit.checkpoints import CheckpointError, model_from_checkpoint, save_checkpoint
 from cxrkit.cli import build_parser
+from cxrkit.config import TrainConfig, resolve, typed_settings
+from cxrkit.errors import ConfigError
 from cxrkit.models import build_model
 from cxrkit.sample.findings import FINDING_VARIANTS
 from cxrkit.sample.plan import plan_cases
@@ -210,7 +212,7 @@ def test_auto_anchors_from_boxes_and_their_errors():
     assert model.cxrkit_config["anchors"] == fit_anchors(wh, SIZE).to_dict()
     with pytest.raises(ValueError, match="boxes="):
         build_model("cxr_small", min_size=SIZE, anchors="auto")
-    with pytest.raises(ValueError, match="cxr_small"):
+    with pytest.raises(ConfigError, match="cxr_small"):
         build_model("fasterrcnn_mobilenet_v3_large_fpn", anchors="auto", boxes=wh)
     with pytest.raises(ValueError, match="same, non-zero number"):
         AnchorSpec(((4.0, 8.0), (16.0,)), ((1.0,), (1.0,)), 64)
@@ -237,11 +239,19 @@ def test_a_checkpoint_with_broken_anchors_is_a_clear_error(tmp_path):
 
 def test_cli_options():
     parser = build_parser()
-    args = parser.parse_args(["train", "d", "t.csv", "--out", "o", "--anchors", "auto"])
-    assert args.anchors == "auto" and args.size is None
-    assert parser.parse_args(["train", "d", "t.csv", "--out", "o", "--size", "auto"]).size == "auto"
-    assert parser.parse_args(["train", "d", "t.csv", "--out", "o", "--size", "320"]).size == 320
-    assert parser.parse_args(["train", "d", "t.csv", "--out", "o"]).anchors == "stock"
+
+    def config(*options: str) -> TrainConfig:
+        return TrainConfig(
+            **typed_settings(parser.parse_args(["train", "d", "t.csv", "--out", "o", *options]))
+        )
+
+    assert (
+        config("--anchors", "auto").anchors == "auto" and config("--anchors", "auto").size is None
+    )
+    assert resolve(config("--anchors", "auto")).size == "auto"  # the data chooses it
+    assert config("--size", "auto").size == "auto"
+    assert config("--size", "320").size == 320
+    assert config().anchors == "stock"
     assert parser.parse_args(["sample", "o", "--variant", "small_thin"]).variant == "small_thin"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "d", "t.csv", "--out", "o", "--size", "big"])

@@ -575,7 +575,8 @@ def test_every_option_of_every_command_has_help_with_its_default():
 
 
 def test_train_help_lists_every_model_name_and_every_default():
-    from cxrkit.train import SEED_DEFAULTS, SMALL_DEFAULTS, TrainConfig
+    from cxrkit.config import TrainConfig, resolve
+    from cxrkit.registry import get_spec
 
     proc = subprocess.run(
         [sys.executable, "-m", "cxrkit", "train", "--help"],
@@ -591,16 +592,18 @@ def test_train_help_lists_every_model_name_and_every_default():
     entries = {
         e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=-)", options) if e.strip()
     }
-    config = TrainConfig()
+    config = resolve(TrainConfig())
     for flag, value in [
-        ("--model", config.model_name), ("--epochs", config.epochs),
-        ("--batch-size", config.batch_size), ("--valid-fraction", config.valid_fraction),
+        ("--model", config.model_name), ("--valid-fraction", config.valid_fraction),
         ("--seed", config.seed), ("--workers", config.num_workers),
         ("--resume", "off"), ("--overwrite", "off"),
     ]:  # fmt: skip
         assert f"(default: {value})" in entries[flag], (flag, entries[flag])
-    for defaults in (SMALL_DEFAULTS, SEED_DEFAULTS):  # the per-model defaults of --lr, --size
-        assert f"{defaults['lr']} for" in text and f"{defaults['size']} for" in text
+    for name in MODEL_NAMES:  # the per-model defaults of --lr, --size: each model's recipe
+        spec = get_spec(name)
+        for flag, value in [("--lr", spec.lr), ("--size", spec.size), ("--epochs", spec.epochs),
+                            ("--batch-size", spec.batch_size)]:  # fmt: skip
+            assert f"{name} {value}" in entries[flag], (flag, entries[flag])
     assert "``" not in proc.stdout
 
 

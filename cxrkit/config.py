@@ -1,0 +1,343 @@
+"""Every setting of a training run in one dataclass, and the one step that resolves it.
+
+:class:`TrainConfig` is the single source of the settings: each field carries its
+default, its help text and how the command line parses it, and ``python -m cxrkit
+train`` generates its options from these fields (:func:`add_config_options`).
+:func:`resolve` turns a config into the run's: the model's recipe from the
+registry fills what was left at ``None`` (``lr``, schedule, size...), a model that
+would train from scratch gets warmup and clipping, and each choice is returned
+with its reason, so a run prints what it chose and why. The resolved config is
+saved whole in every checkpoint (``ckpt["config"]``); a resume compares it.
+
+No torch here: the command line's help stays instant.
+
+>>> cfg = resolve(TrainConfig())
+>>> cfg.size, cfg.lr, cfg.schedule
+(256, 0.02, 'cosine')
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from cxrkit.errors import ConfigError
+from cxrkit.registry import MODEL_NAMES, ModelSpec, get_spec
+
+
+# ------------------------------------------------------------ values a setting takes
+# Each is an argparse ``type=``: a bad value is refused in one line before any work.
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number > 0 (sizes, counts, epochs)."""
+    value = _number(text, int, "a whole number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (worker processes, image counts)."""
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate, minutes)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def fraction_open(text: str) -> float:
+    """A fraction strictly between 0 and 1 (the share of images that validate)."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    return value
+
+
+def fold_count(text: str) -> int:
+    """A number of folds: a whole number >= 2."""
+    value = _number(text, int, "a whole number")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, got {text}")
+    return value
+
+
+def iou_threshold(text: str) -> float:
+    """An IoU threshold in (0, 1]."""
+    value = _number(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1] (a probability or score threshold)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def size_or_auto(text: str) -> int | str:
+    """``--size``: a number of pixels, or "auto" (chosen from the training boxes)."""
+    return text if text == "auto" else positive_int(text)
+
+
+# ------------------------------------------------------------------------ settings
+PER_MODEL = "the model's recipe"  # the help's default for a field the model's spec fills
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A :class:`TrainConfig` field with what the command line needs to offer it.
+
+    Args:
+        default: the value when nothing sets it; None for a per-model field means
+            "the model's recipe" (:func:`resolve` fills it from the registry).
+        help: one line for ``--help`` (the default is appended by the parser).
+        parse: the argparse ``type=`` (one of the functions above).
+        flag: the option, default ``--`` + the field name with dashes.
+        choices, metavar: as in argparse.
+        cli: False for settings only the library sets (e.g. ``amp``, by profiles).
+    """
+    meta = {"help": help, "parse": parse, "flag": flag, "choices": choices, "metavar": metavar}
+    return field(default=default, metadata={**meta, "cli": cli})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run, with its default (what ``cxrkit train`` uses).
+
+    Fields left at ``None`` where the help says "the model's recipe" take the
+    value of the model's :class:`~cxrkit.registry.ModelSpec`; ``size="auto"``
+    (or no size with ``anchors="auto"``) is chosen from the training boxes when the
+    run starts (:func:`cxrkit.anchors.choose_input_size`). :func:`resolve` (or
+    :meth:`resolved`) fills them in.
+    """
+
+    model_name: str = setting(
+        "cxr_small",
+        "detector: " + ", ".join(MODEL_NAMES),
+        flag="--model",
+        choices=MODEL_NAMES,
+        metavar="NAME",
+    )
+    epochs: int | None = setting(None, "epochs to train in all", parse=positive_int)
+    batch_size: int | None = setting(None, "images per step", parse=positive_int)
+    weights: str | None = setting(
+        None,
+        "initial weights: DEFAULT (the model's published weights, downloaded), a local .pth "
+        "file or checkpoint (default: none, random initial weights)",
+    )
+    lr: float | None = setting(None, "learning rate", parse=positive_float)
+    momentum: float = setting(0.9, "SGD momentum", cli=False)
+    weight_decay: float | None = setting(None, "weight decay", cli=False)
+    schedule: str | None = setting(
+        None, "learning-rate schedule: cosine or step", choices=("cosine", "step")
+    )
+    step_size: int = setting(3, "step schedule: epochs between two decays", cli=False)
+    gamma: float = setting(0.1, "step schedule: factor of each decay", cli=False)
+    warmup_iters: int | None = setting(
+        None, "steps of linear warmup at the start", parse=non_negative_int
+    )
+    max_grad_norm: float | None = setting(None, "clip gradients to this norm", cli=False)
+    size: int | str | None = setting(
+        None,
+        "training image side in pixels, or auto: chosen from the training boxes and printed "
+        "(auto with --anchors auto)",
+        parse=size_or_auto,
+    )
+    valid_fraction: float = setting(
+        0.2, "share of the images that validate, between 0 and 1", parse=fraction_open
+    )
+    seed: int = setting(42, "random seed of the split, augmentation and model", parse=int)
+    num_workers: int = setting(
+        0,
+        "DataLoader worker processes (0: load in the main process)",
+        flag="--workers",
+        metavar="N",
+        parse=non_negative_int,
+    )
+    anchors: str = setting(
+        "stock",
+        "anchors of models that fit them (cxr_small): stock, or auto = fitted to the training "
+        "boxes (then --size defaults to auto)",
+        choices=("stock", "auto"),
+    )
+    folds: int | None = setting(
+        None,
+        "k-fold validation: split the images into K stratified folds, K >= 2 "
+        "(default: none, a --valid-fraction split)",
+        parse=fold_count,
+        metavar="K",
+    )
+    fold: int | None = setting(
+        None,
+        "the fold that validates, 0..K-1, with --folds; the run writes its "
+        "out-of-fold predictions (default: none)",
+        parse=non_negative_int,
+        metavar="F",
+    )
+    amp: bool | None = setting(None, "mixed precision; None: on for CUDA", cli=False)
+    repeat_threshold: float | None = setting(
+        None,
+        "repeat factor sampling: show the images of classes found on fewer than this share of "
+        "the training images more often, e.g. 0.1 (default: each image once an epoch)",
+        parse=fraction_open,
+        metavar="T",
+    )
+
+    @classmethod
+    def from_profile(cls, profile: Any, **overrides: Any) -> TrainConfig:
+        """The settings of ``profile`` (:mod:`cxrkit.profiles`), changed by ``overrides``."""
+        return cls(**{**profile.settings(), **overrides})
+
+    def resolved(self) -> TrainConfig:
+        """This config with every per-model default in place (:func:`resolve`, silent)."""
+        return resolve(self)
+
+
+def config_fields(cli_only: bool = False) -> list[Any]:
+    """The dataclass fields of :class:`TrainConfig` (only those the command line offers)."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("cli") or not cli_only]
+
+
+def default_of(name: str) -> Any:
+    """The dataclass default of the field ``name``."""
+    found = {f.name: f for f in fields(TrainConfig)}[name]
+    return None if found.default is MISSING else found.default
+
+
+# ------------------------------------------------------------------------ resolve
+# A torchvision model without its published weights learns from scratch: it gets
+# cxr_small's warmup and clipping, which keep the first steps of a random network stable.
+FROM_SCRATCH = {"warmup_iters": 50, "max_grad_norm": 10.0}
+
+
+def _check(cfg: TrainConfig, spec: ModelSpec) -> None:
+    """ConfigError for settings that cannot go together, before anything is read."""
+    if cfg.anchors not in ("stock", "auto"):
+        raise ConfigError(f'anchors must be "stock" or "auto", got {cfg.anchors!r}')
+    if cfg.anchors == "auto" and not spec.fits_anchors:
+        raise ConfigError(
+            f"--anchors auto fits anchors to the training boxes, which {spec.name} does not take "
+            f"(its anchors are its pretrained ones); models that do: "
+            + ", ".join(n for n in MODEL_NAMES if get_spec(n).fits_anchors)
+        )
+    if isinstance(cfg.size, str) and cfg.size != "auto":
+        raise ConfigError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
+    if cfg.schedule not in (None, "cosine", "step"):
+        raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.schedule!r}")
+    from cxrkit.data import check_fold  # here: cxrkit.data imports torch
+
+    check_fold(cfg.folds, cfg.fold)
+
+
+def resolve_with_reasons(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with the model's recipe in every field left at None, and why, per choice.
+
+    ``size`` stays ``"auto"`` (the data decides it when the run starts: size="auto", or
+    no size with ``anchors="auto"``); ``--size 0`` meant the model's default and still does.
+    """
+    spec = get_spec(cfg.model_name, "detector")
+    _check(cfg, spec)
+    filled: dict[str, Any] = {}
+    auto_size = cfg.size == "auto" or (not cfg.size and cfg.anchors == "auto")
+    if auto_size:
+        filled["size"] = "auto"
+    recipe = spec.training_defaults()
+    scratch = spec.pretrained is not None and cfg.weights is None
+    if scratch:
+        recipe.update(FROM_SCRATCH)
+    for key, value in recipe.items():
+        unset = not getattr(cfg, key) if key == "size" else getattr(cfg, key) is None
+        if key not in filled and unset:  # --size 0 meant the model's size and still does
+            filled[key] = value
+    reasons = []
+    taken = {k: v for k, v in filled.items() if k != "size" or v != "auto"}
+    if taken:
+        listed = ", ".join(f"{k} {v}" for k, v in taken.items())
+        reasons.append(f"{listed}: {spec.name}'s recipe (cxrkit.registry)")
+    if scratch:
+        reasons.append(
+            f"{spec.name} trains from scratch (no {spec.pretrained} weights): warmup "
+            f"{FROM_SCRATCH['warmup_iters']} steps and clipping at {FROM_SCRATCH['max_grad_norm']}"
+        )
+    weights = None if cfg.weights is None else str(cfg.weights)
+    size = filled.pop("size", cfg.size)
+    size = size if size == "auto" else int(size)
+    lr = float(filled.pop("lr", cfg.lr))
+    return replace(cfg, **filled, size=size, lr=lr, weights=weights), reasons
+
+
+def resolve(cfg: TrainConfig, show: bool = False) -> TrainConfig:
+    """:func:`resolve_with_reasons`; with ``show`` it prints one line per choice."""
+    resolved, reasons = resolve_with_reasons(cfg)
+    if show:
+        for reason in reasons:
+            print(reason)
+    return resolved
+
+
+def as_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as the plain dict a checkpoint stores (``weights_only`` loads it)."""
+    return asdict(cfg)
+
+
+# --------------------------------------------------------------- command line
+def _default_text(f: Any) -> str:
+    """What ``--help`` says a field defaults to."""
+    if f.default is None and f.name in get_spec("cxr_small").training_defaults():
+        values = ", ".join(
+            f"{name} {get_spec(name).training_defaults()[f.name]}" for name in MODEL_NAMES
+        )
+        return f" (default: {PER_MODEL}: {values})"
+    if "(default" in f.metadata["help"] or f.default is None:
+        return ""
+    return f" (default: {f.default})"
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add one option per command-line field of :class:`TrainConfig` to ``parser``.
+
+    Every option defaults to ``argparse.SUPPRESS``: the parsed namespace holds only
+    what was typed, so a profile's settings and the dataclass defaults apply to the
+    rest without looking into argparse (:func:`typed_settings`).
+    """
+    for f in config_fields(cli_only=True):
+        meta = f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        for key, arg in (("parse", "type"), ("choices", "choices"), ("metavar", "metavar")):
+            if meta[key] is not None:
+                kwargs[arg] = meta[key]
+        parser.add_argument(flag, help=meta["help"] + _default_text(f), **kwargs)
+
+
+def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields set on the command line (see :func:`add_config_options`)."""
+    names = {f.name for f in config_fields(cli_only=True)}
+    return {k: v for k, v in vars(args).items() if k in names}
