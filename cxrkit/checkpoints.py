@@ -42,6 +42,7 @@ __all__ = [
     "set_rng_state",
     "schedule_settings",
     "checkpoint_kind",
+    "checkpoint_size",
     "require_kind",
 ]
 
@@ -288,6 +289,13 @@ def schedule_settings(
     return out
 
 
+def checkpoint_size(ckpt: dict[str, Any]) -> int:
+    """The image side a checkpoint's model was trained at (512 if it does not say)."""
+    config = ckpt.get("config") or {}
+    model_config = ckpt.get("model_config") or {}
+    return int(config.get("size") or ckpt.get("size") or model_config.get("min_size") or 512)
+
+
 def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:
     """``"detector"`` or ``"classifier"``: ``ckpt["kind"]``, a detector when absent (older files)."""
     return str(ckpt.get("kind") or "detector")
@@ -373,13 +381,3 @@ def load_into_model(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.Pa
         )
     check_state_matches(bare, ckpt["model"], path, repr(name or type(bare).__name__))
     bare.load_state_dict(ckpt["model"])
-
-
-def __getattr__(name: str) -> Any:
-    """``model_from_checkpoint`` moved to :mod:`cxrkit.models` (it builds models); the
-    old import ``from cxrkit.checkpoints import model_from_checkpoint`` still works."""
-    if name == "model_from_checkpoint":
-        from cxrkit.models import model_from_checkpoint
-
-        return model_from_checkpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,6 +45,9 @@ from cxrkit.submission import parse_submission, validate_submission
 # cxrkit.train (and through it torch) is imported inside the commands that train or
 # predict: the other commands, the help and every bad-input message stay free of torch.
 
+# The classifier's bands (cxrkit.postprocess.apply_classifier) when --classifier is given.
+BAND_DEFAULTS = {"low": 0.1, "high": 0.9}
+
 DESCRIPTION = "Chest X-ray abnormality detection (VinBigData): data, training, submissions."
 
 
@@ -145,35 +148,23 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    if len(args.checkpoints) == 1 and not args.classifier:  # the single-model path, as before
-        from cxrkit.train import predict_to_submission
+    from cxrkit.predict import predict_ensemble
 
-        path = predict_to_submission(
-            checkpoint=args.checkpoints[0],
-            data_dir=args.data_dir,
-            out_csv=args.out,
-            split=args.split,
-            tta=args.tta,
-            batch_size=args.batch_size,
-        )
-    else:
-        from cxrkit.ensemble import predict_ensemble
-
-        path = predict_ensemble(
-            args.checkpoints,
-            args.data_dir,
-            args.out,
-            split=args.split,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            classifiers=args.classifier or (),
-            low=args.low,
-            high=args.high,
-            mode=args.mode,
-            iou_thr=args.wbf_iou,
-            skip_box_thr=args.wbf_skip,
-            weights=args.wbf_weights,
-        )
+    path = predict_ensemble(
+        args.checkpoints,
+        args.data_dir,
+        args.out,
+        split=args.split,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        classifiers=args.classifier or (),
+        low=BAND_DEFAULTS["low"] if args.low is None else args.low,
+        high=BAND_DEFAULTS["high"] if args.high is None else args.high,
+        mode=args.mode or "bands",
+        iou_thr=args.wbf_iou,
+        skip_box_thr=args.wbf_skip,
+        weights=args.wbf_weights,
+    )
     print(f"submission written to {path}")
     return 0
 
@@ -219,8 +210,13 @@ def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Names
     """--low <= --high and one --wbf-weights per checkpoint, before any work."""
     if getattr(args, "command", None) != "predict":
         return
-    if args.low > args.high:
-        parser.error(f"--low {args.low:g} is above --high {args.high:g}; need low <= high")
+    typed = [f"--{name}" for name in ("low", "high", "mode") if getattr(args, name) is not None]
+    if typed and not args.classifier:
+        parser.error(f"{' and '.join(typed)} apply the classifier: give --classifier too")
+    low = BAND_DEFAULTS["low"] if args.low is None else args.low
+    high = BAND_DEFAULTS["high"] if args.high is None else args.high
+    if low > high:
+        parser.error(f"--low {low:g} is above --high {high:g}; need low <= high")
     if args.wbf_weights is not None and len(args.wbf_weights) != len(args.checkpoints):
         parser.error(
             f"--wbf-weights gives {len(args.wbf_weights)} weight(s) for "
@@ -440,16 +436,19 @@ def _add_predict_command(p: argparse.ArgumentParser) -> None:
         "No finding line and drops boxes on likely-normal images (default: none)",
     )  # fmt: skip
     p.add_argument(
-        "--low", type=probability, default=0.1,
-        help="with --classifier: below this p_abnormal the boxes go and No finding scores 1",
+        "--low", type=probability, default=None,
+        help="with --classifier: below this p_abnormal the boxes go and No finding scores 1 "
+        f"(default: {BAND_DEFAULTS['low']})",
     )  # fmt: skip
     p.add_argument(
-        "--high", type=probability, default=0.9,
-        help="with --classifier: from this p_abnormal on the boxes stay without 14 (1 - p)",
+        "--high", type=probability, default=None,
+        help="with --classifier: from this p_abnormal on the boxes stay without 14 (1 - p) "
+        f"(default: {BAND_DEFAULTS['high']})",
     )  # fmt: skip
     p.add_argument(
-        "--mode", choices=("bands", "soft"), default="bands",
-        help="with --classifier: bands (--low/--high) or soft (finding scores x p_abnormal)",
+        "--mode", choices=("bands", "soft"), default=None,
+        help="with --classifier: bands (--low/--high) or soft (finding scores x p_abnormal) "
+        "(default: bands)",
     )  # fmt: skip
     p.add_argument(
         "--wbf-iou", type=iou_threshold, default=0.55,

@@ -251,6 +251,11 @@ def _check(cfg: TrainConfig, spec: ModelSpec) -> None:
         raise ConfigError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
     if cfg.schedule not in (None, "cosine", "step"):
         raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.schedule!r}")
+    if cfg.folds is not None and cfg.valid_fraction != default_of("valid_fraction"):
+        raise ConfigError(
+            f"valid_fraction {cfg.valid_fraction} is not used with folds: fold {cfg.fold} of "
+            f"{cfg.folds} validates; give one of --valid-fraction or --folds/--fold"
+        )
     from cxrkit.data import check_fold  # here: cxrkit.data imports torch
 
     check_fold(cfg.folds, cfg.fold)

@@ -385,7 +385,9 @@ def build_model(
         raise ConfigError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     if not spec.fits_anchors and anchors not in (None, "stock"):
         fitting = [n for n in MODEL_NAMES if get_spec(n).fits_anchors]
-        raise ConfigError(f"anchors= (fitted anchors) is for {', '.join(fitting)}; {name} keeps its own")
+        raise ConfigError(
+            f"anchors= (fitted anchors) is for {', '.join(fitting)}; {name} keeps its own"
+        )
     side = int(size or min_size or spec.size)
     options = dict(kwargs)
     if max_size is not None or (min_size is not None and size is None):

@@ -5,7 +5,8 @@ Notebooks 04-06 and ``python -m cxrkit train --profile NAME`` start from a
 
 - ``cpu``: the notebook model, ``cxr_small`` at 256 px for 10 epochs, batch 4,
   trained from scratch: minutes on a laptop CPU (the committed notebook outputs).
-- ``gpu``: the seed notebook's ``fasterrcnn_resnet50_fpn`` at 512 px with mixed
+- ``gpu``: the seed notebook's ``fasterrcnn_resnet50_fpn`` at 512 px (the model is
+  built for 512 px: no upsampling to torchvision's 800 inside it) with mixed
   precision (AMP), a batch size from the GPU's memory and COCO weights: a local
   ``.pth`` file (``CXRKIT_WEIGHTS``, torch's cache, or a Kaggle dataset) or a
   download when online; without either it trains from scratch and says so.
@@ -23,14 +24,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cxrkit.errors import ConfigError
+from cxrkit.registry import get_spec
+
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached datasets
 PROFILE_NAMES: tuple[str, ...] = ("cpu", "gpu")
 GPU_MODEL = "fasterrcnn_resnet50_fpn"  # the seed notebook's detector
+CPU_MODEL = "cxr_small"  # trains from scratch in minutes on a laptop CPU
 WEIGHTS_ENV = "CXRKIT_WEIGHTS"  # path of a local COCO .pth file
 # The settings a profile fixes, named as TrainConfig's fields.
 PROFILE_FIELDS: tuple[str, ...] = ("model_name", "size", "epochs", "batch_size", "weights", "amp")
-# Batch sizes by GPU memory: fasterrcnn_resnet50_fpn at 512 px under AMP needs about
-# 1 GiB per image with headroom (torchvision resizes to 800 px inside the model).
+# Batch sizes by GPU memory: fasterrcnn_resnet50_fpn under AMP needs about 1 GiB per
+# image at 800 px with headroom (measured before the model was built for 512 px; at
+# 512 px it needs less, so these batches are conservative).
 GPU_BATCH_BY_GIB: tuple[tuple[float, int], ...] = ((30, 16), (14, 8), (7, 4))
 GPU_MIN_BATCH = 2
 NO_GPU_BATCH = 4  # the gpu profile asked for on a machine without CUDA
@@ -153,9 +159,10 @@ def _count_training_images(data_dir: str | os.PathLike) -> int:
 
 
 def cpu_profile(reason: str) -> Profile:
-    """The notebook model: ``cxr_small``, 256 px, 10 epochs, batch 4, from scratch."""
+    """The notebook model, ``cxr_small``, with its recipe's size, epochs and batch, from scratch."""
+    spec = get_spec(CPU_MODEL)
     return Profile(
-        "cpu", reason, "cxr_small", size=256, epochs=10, batch_size=4, weights=None, amp=False
+        "cpu", reason, spec.name, spec.size, spec.epochs, spec.batch_size, weights=None, amp=False
     )
 
 
@@ -172,12 +179,13 @@ def gpu_profile(reason: str, device: Any = None) -> Profile:
         notes.append(f"batch {batch} for the {gib:.0f} GiB of {name}")
     weights, source = find_coco_weights(GPU_MODEL)
     notes.append(source)
+    spec = get_spec(GPU_MODEL)
     return Profile(
         "gpu",
         reason,
         GPU_MODEL,
-        size=512,
-        epochs=10,
+        size=spec.size,
+        epochs=spec.epochs,
         batch_size=batch,
         weights=weights,
         amp=True,
@@ -198,7 +206,7 @@ def choose_profile(
     number of training images to the reason (and a warning for a large set on a CPU).
     """
     if name not in (None, "auto", *PROFILE_NAMES):
-        raise ValueError(f"unknown profile {name!r}; choose one of {['auto', *PROFILE_NAMES]}")
+        raise ConfigError(f"unknown profile {name!r}; choose one of {['auto', *PROFILE_NAMES]}")
     if name in (None, "auto"):
         gpu = _cuda_memory_gib(device)
         if gpu is None and device is not None:

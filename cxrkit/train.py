@@ -35,7 +35,7 @@ from cxrkit.anchors import (
     stock_anchors,
 )
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
-from cxrkit.checkpoints import load_checkpoint, require_kind
+from cxrkit.checkpoints import checkpoint_size, load_checkpoint
 from cxrkit.config import TrainConfig, resolve
 from cxrkit.data import (
     TestDataset,
@@ -50,17 +50,14 @@ from cxrkit.distributed import DistInfo, broadcast_flag, cleanup_distributed, se
 from cxrkit.engine import predict
 from cxrkit.errors import (
     AnnotationError,
-    CheckpointError,
     ConfigError,
-    DataNotFoundError,
     OverwriteError,
     ResumeError,
 )
 from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_other_settings
-from cxrkit.labels import MODEL_NUM_CLASSES
-from cxrkit.models import build_model, classes_in_state, model_from_checkpoint
+from cxrkit.models import build_model, model_from_checkpoint
 from cxrkit.sampling import RepeatFactorSampler, repeat_factors
-from cxrkit.submission import add_no_finding, prediction_strings, write_submission
+from cxrkit.submission import add_no_finding
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
 
@@ -118,7 +115,7 @@ def write_out_of_fold(
     :func:`cxrkit.data.join_out_of_fold` joins the tables of the K fold runs.
     """
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint).to(device or torch.device("cpu"))
+    model = model_from_checkpoint(checkpoint, ckpt=ckpt).to(device or torch.device("cpu"))
     ids = [str(i) for i in valid_ids]
     dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(checkpoint_size(ckpt)))
     preds = predict(model, dataset, device or torch.device("cpu"), meta, batch_size=batch_size)
@@ -421,85 +418,3 @@ def train_from_folder(
             return result
     finally:
         cleanup_distributed(info)
-
-
-def checkpoint_size(ckpt: dict[str, Any]) -> int:
-    """The image side a checkpoint's model was trained at (512 if it does not say)."""
-    config = ckpt.get("config") or {}
-    model_config = ckpt.get("model_config") or {}
-    return int(config.get("size") or ckpt.get("size") or model_config.get("min_size") or 512)
-
-
-def check_detector_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """Load a detector checkpoint for prediction, refusing a classifier's or one trained
-    for another class count (:class:`CheckpointError`) before any image is read."""
-    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
-    require_kind(ckpt, "detector", checkpoint)  # not a classifier's
-    classes = classes_in_state(ckpt["model"], checkpoint)
-    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
-        raise CheckpointError(
-            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
-            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
-            "another task and cannot write a valid submission"
-        )
-    return ckpt
-
-
-def read_split(data_dir: str | os.PathLike, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
-    """The meta table and image ids of ``data_dir/split``, checking that every PNG is there."""
-    data = Path(data_dir)
-    meta_path = data / f"{split}_meta.csv"
-    if not meta_path.is_file():
-        raise DataNotFoundError(
-            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
-        )
-    meta = load_meta(meta_path)
-    ids = list(meta["image_id"].astype(str))
-    check_images_exist(data / split, ids)
-    return meta, ids
-
-
-def predict_split(
-    checkpoint: str | os.PathLike,
-    data_dir: str | os.PathLike,
-    split: str = "test",
-    tta: bool = False,
-    batch_size: int = 4,
-    num_workers: int = 0,
-) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
-    """A detector checkpoint's predictions table (original pixels, no No finding rows)
-    on ``data_dir/split``, with the image ids and the meta table."""
-    ckpt = check_detector_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint)
-    size = checkpoint_size(ckpt)
-    meta, ids = read_split(data_dir, split)
-    dataset = TestDataset(Path(data_dir) / split, ids=ids, transforms=test_transforms(size))
-    device = try_gpu()
-    model.to(device)
-    preds = predict(
-        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
-    )
-    return preds, dataset.image_ids, meta
-
-
-def predict_to_submission(
-    checkpoint: str | os.PathLike,
-    data_dir: str | os.PathLike,
-    out_csv: str | os.PathLike,
-    split: str = "test",
-    tta: bool = False,
-    batch_size: int = 4,
-    num_workers: int = 0,
-) -> Path:
-    """Predict ``data_dir/split`` with a checkpoint and write a submission CSV.
-
-    What ``python -m cxrkit predict RUN_DIR/best.pt DATA_DIR --out SUB.csv`` runs.
-    The model is rebuilt from the checkpoint (:func:`cxrkit.checkpoints.model_from_checkpoint`),
-    images are resized to the training size, boxes mapped back to original pixels
-    with ``data_dir/{split}_meta.csv``, and every image gets its findings plus a
-    ``14 p 0 0 1 1`` No finding entry (:func:`cxrkit.submission.prediction_strings`).
-    Several checkpoints and a classifier: :func:`cxrkit.ensemble.predict_ensemble`.
-    """
-    preds, ids, meta = predict_split(checkpoint, data_dir, split, tta, batch_size, num_workers)
-    submission = prediction_strings(preds, ids, meta=meta)
-    return write_submission(submission, out_csv, image_ids=ids, meta=meta)

@@ -27,7 +27,8 @@ from cxrkit.anchors import (
     shape_iou,
     stock_anchors,
 )
-from cxrkit.checkpoints import CheckpointError, model_from_checkpoint, save_checkpoint
+from cxrkit.checkpoints import CheckpointError, save_checkpoint
+from cxrkit.models import model_from_checkpoint
 from cxrkit.cli import build_parser
 from cxrkit.config import TrainConfig, resolve, typed_settings
 from cxrkit.errors import ConfigError
@@ -298,16 +299,18 @@ def test_train_with_auto_anchors_stores_them_and_predict_uses_them(
     stored = AnchorSpec.from_dict(ckpt["model_config"]["anchors"])
     assert ckpt["config"]["anchors"] == "auto" and ckpt["config"]["size"] == 256
 
+    import cxrkit.predict as predict_module
+
     built = []
-    real = train_module.model_from_checkpoint
+    real = predict_module.model_from_checkpoint
 
     def spy(path, *args, **kwargs):
         model = real(path, *args, **kwargs)
         built.append(model)
         return model
 
-    monkeypatch.setattr(train_module, "model_from_checkpoint", spy)
-    train_module.predict_to_submission(result.best, preprocessed, tmp_path / "sub.csv")
+    monkeypatch.setattr(predict_module, "model_from_checkpoint", spy)
+    predict_module.predict_to_submission(result.best, preprocessed, tmp_path / "sub.csv")
     generator = built[0].rpn.anchor_generator
     assert generator.aspect_ratios[0] == stored.aspect_ratios[0]
     assert generator.sizes == tuple(tuple(round(s) for s in level) for level in stored.sizes)

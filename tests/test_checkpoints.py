@@ -15,14 +15,14 @@ import torch
 from cxrkit.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    checkpoint_size,
     load_checkpoint,
-    model_from_checkpoint,
     rng_state,
     save_checkpoint,
 )
+from cxrkit.models import model_from_checkpoint
 from cxrkit.fit import ResumeError, fit, make_optimizer, make_scheduler
 from cxrkit.models import build_model
-from cxrkit.train import checkpoint_size
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

@@ -25,7 +25,7 @@ from cxrkit.errors import ResumeError, WeightsError
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import calibration_table, roc_curve
 from cxrkit.model_names import CLASSIFIER_NAMES
-from cxrkit.train import predict_to_submission
+from cxrkit.predict import predict_to_submission
 
 
 @pytest.mark.parametrize("name", CLASSIFIER_NAMES)
@@ -394,9 +394,8 @@ def test_predict_refuses_a_classifier_as_detector_and_bad_bands_in_one_line(tmp_
 def test_ensemble_with_tta_and_classifier_writes_a_valid_submission(preprocessed, tmp_path):
     from helpers import small_model
 
-    from cxrkit.ensemble import predict_ensemble
+    from cxrkit.predict import predict_ensemble
     from cxrkit.submission import parse_submission, validate_submission
-    from cxrkit.train import predict_to_submission
 
     detectors = []
     for seed in (0, 1):

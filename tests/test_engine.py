@@ -14,7 +14,8 @@ from torch import nn
 from cxrkit.checkpoints import CheckpointError
 from cxrkit.engine import Averager, evaluate, predict, predictions_to_frame, train_one_epoch
 from cxrkit.models import build_model
-from cxrkit.train import predict_to_submission, train_from_folder
+from cxrkit.predict import predict_to_submission
+from cxrkit.train import train_from_folder
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

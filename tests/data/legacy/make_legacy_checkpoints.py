@@ -32,13 +32,31 @@ def main(out: Path) -> None:
         "cxr_small", min_size=64, max_size=64, fpn_channels=16, representation_size=32
     )
     config = {**asdict(cfg), "data_dir": "p", "annotations_csv": "s/train.csv", "world_size": 1}
-    save_checkpoint(out / "detector_v2.pt", model, None, None, 1, best_map=0.0, best_epoch=1,
-                    history_rows=1, config=config)
+    save_checkpoint(
+        out / "detector_v2.pt",
+        model,
+        None,
+        None,
+        1,
+        best_map=0.0,
+        best_epoch=1,
+        history_rows=1,
+        config=config,
+    )
     ccfg = ClassifierConfig(size=32, epochs=1)
     classifier = build_classifier("cls_small")
     settings = {**asdict(ccfg), "schedule": "cosine", "T_max": 1, "kind": "classifier"}
-    save_checkpoint(out / "classifier_v2.pt", classifier, None, None, 1, config=settings,
-                    best_auc=0.5, best_epoch=1, pos_weight=1.0)
+    save_checkpoint(
+        out / "classifier_v2.pt",
+        classifier,
+        None,
+        None,
+        1,
+        config=settings,
+        best_auc=0.5,
+        best_epoch=1,
+        pos_weight=1.0,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,302 @@
+"""One prediction pipeline: N >= 1 detector checkpoints -> one submission (notebooks 06-07).
+
+``python -m cxrkit predict A.pt [B.pt ...] DATA --out SUB.csv`` and the library
+run the same steps, in this order:
+
+1. **read** every checkpoint once (:func:`load_detectors`; kinds and class counts
+   are checked before any image is read, and the output path before any work);
+2. **predict** each detector on the split, flip TTA inside each model when asked
+   (:func:`predict_split`): one predictions table per detector, original pixels;
+3. **table steps**, each a function ``(table, context) -> table``
+   (:data:`TableStep`): the weighted boxes fusion of several detectors
+   (:func:`fuse_step`) and the classifier's ``p_abnormal`` (:func:`classifier_step`).
+   A new post-processing step is one more function in this list, and it runs for
+   one checkpoint as for many;
+4. **write** the submission (No finding rows, validation, atomic write).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from cxrkit.annotations import load_meta
+from cxrkit.checkpoints import checkpoint_size, load_checkpoint, require_kind
+from cxrkit.classifier import classify
+from cxrkit.data import TestDataset, check_images_exist
+from cxrkit.engine import predict
+from cxrkit.ensemble import fuse_tables
+from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError, OverwriteError
+from cxrkit.labels import MODEL_NUM_CLASSES
+from cxrkit.models import classes_in_state, model_from_checkpoint
+from cxrkit.postprocess import apply_classifier, check_bands
+from cxrkit.submission import prediction_strings, write_submission
+from cxrkit.transforms import test_transforms
+from cxrkit.utils import try_gpu
+
+__all__ = [
+    "Detector",
+    "PredictContext",
+    "TableStep",
+    "classifier_step",
+    "fuse_step",
+    "load_detectors",
+    "predict_split",
+    "predict_submission",
+    "predict_tables",
+    "predict_to_submission",
+    "predict_ensemble",
+]
+
+
+# ----------------------------------------------------------------- checkpoints
+@dataclass
+class Detector:
+    """A detector checkpoint read once: its path, its dict and the rebuilt model."""
+
+    path: Path
+    ckpt: dict[str, Any]
+    model: nn.Module
+
+    @property
+    def size(self) -> int:
+        """The image side it was trained at: the run's config, else the model's own."""
+        return checkpoint_size(self.ckpt)
+
+
+def check_detector_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Read a detector checkpoint for prediction, refusing a classifier's or one trained
+    for another class count (:class:`CheckpointError`) before any image is read."""
+    ckpt = load_checkpoint(checkpoint)  # clear CheckpointError if missing, corrupt or NaN
+    require_kind(ckpt, "detector", checkpoint)  # not a classifier's
+    classes = classes_in_state(ckpt["model"], checkpoint)
+    if classes != MODEL_NUM_CLASSES:  # before any image: its submission would be wrong
+        raise CheckpointError(
+            f"checkpoint {checkpoint} predicts {classes} classes, but a VinBigData model has "
+            f"{MODEL_NUM_CLASSES} (background + the 14 findings): it was trained for "
+            "another task and cannot write a valid submission"
+        )
+    return ckpt
+
+
+def load_detectors(checkpoints: Sequence[str | os.PathLike]) -> list[Detector]:
+    """Read and check every detector checkpoint (each file once), then rebuild the models."""
+    if not checkpoints:
+        raise ConfigError("predict needs at least one detector checkpoint")
+    read = [(Path(c), check_detector_checkpoint(c)) for c in checkpoints]  # all checked first
+    return [Detector(path, ckpt, model_from_checkpoint(path, ckpt=ckpt)) for path, ckpt in read]
+
+
+# -------------------------------------------------------------------- predict
+def read_split(data_dir: str | os.PathLike, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
+    """The meta table and image ids of ``data_dir/split``, checking that every PNG is there."""
+    data = Path(data_dir)
+    meta_path = data / f"{split}_meta.csv"
+    if not meta_path.is_file():
+        raise DataNotFoundError(
+            f"{meta_path} not found: DATA_DIR must be a preprocessed folder with a {split}/ split"
+        )
+    meta = load_meta(meta_path)
+    ids = list(meta["image_id"].astype(str))
+    check_images_exist(data / split, ids)
+    return meta, ids
+
+
+def _detector(checkpoint: str | os.PathLike | Detector) -> Detector:
+    if isinstance(checkpoint, Detector):
+        return checkpoint
+    return load_detectors([checkpoint])[0]
+
+
+def predict_split(
+    checkpoint: str | os.PathLike | Detector,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """A detector's predictions table (original pixels, no No finding rows) on
+    ``data_dir/split``, with the image ids and the meta table."""
+    detector = _detector(checkpoint)
+    meta, ids = read_split(data_dir, split)
+    dataset = TestDataset(
+        Path(data_dir) / split, ids=ids, transforms=test_transforms(detector.size)
+    )
+    device = try_gpu()
+    model = detector.model.to(device)
+    preds = predict(
+        model, dataset, device, meta, batch_size=batch_size, tta=tta, num_workers=num_workers
+    )
+    return preds, dataset.image_ids, meta
+
+
+@dataclass
+class PredictContext:
+    """What a table step may need besides the table: the images, sizes and settings."""
+
+    image_ids: list[str]
+    meta: pd.DataFrame
+    data_dir: Path
+    split: str
+    tables: list[pd.DataFrame] = field(default_factory=list)  # one per detector
+
+
+TableStep = Callable[[pd.DataFrame, PredictContext], pd.DataFrame]
+
+
+def fuse_step(
+    iou_thr: float = 0.55, skip_box_thr: float = 0.0, weights: Sequence[float] | None = None
+) -> TableStep:
+    """Weighted boxes fusion of the detectors' tables (:func:`cxrkit.ensemble.fuse_tables`);
+    with one detector its table passes unchanged."""
+    if weights is not None:
+        weights = [float(w) for w in weights]
+
+    def fuse(table: pd.DataFrame, ctx: PredictContext) -> pd.DataFrame:
+        if len(ctx.tables) == 1:
+            return table
+        return fuse_tables(ctx.tables, ctx.meta, ctx.image_ids, iou_thr, skip_box_thr, weights)
+
+    return fuse
+
+
+def classifier_step(
+    classifiers: Sequence[str | os.PathLike],
+    low: float = 0.1,
+    high: float = 0.9,
+    mode: str = "bands",
+    probs_csv: str | os.PathLike | None = None,
+) -> TableStep:
+    """The classifiers' mean ``p_abnormal`` applied to the table
+    (:func:`cxrkit.postprocess.apply_classifier`); checked when the step is made."""
+    for checkpoint in classifiers:
+        require_kind(load_checkpoint(checkpoint), "classifier", checkpoint)
+    if mode == "bands":
+        check_bands(low, high)
+
+    def apply(table: pd.DataFrame, ctx: PredictContext) -> pd.DataFrame:
+        probs = classify(classifiers, ctx.data_dir, probs_csv, split=ctx.split)
+        return apply_classifier(table, probs, low, high, mode=mode, image_ids=ctx.image_ids)
+
+    return apply
+
+
+def predict_tables(
+    detectors: Sequence[Detector],
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> PredictContext:
+    """Each detector's predictions table on ``data_dir/split``, in one context."""
+    ctx = None
+    for detector in detectors:
+        table, ids, meta = predict_split(detector, data_dir, split, tta, batch_size, num_workers)
+        if ctx is None:
+            ctx = PredictContext(ids, meta, Path(data_dir), split)
+        ctx.tables.append(table)
+    if ctx is None:
+        raise ConfigError("predict needs at least one detector checkpoint")
+    return ctx
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse an output that cannot be written, before hours of prediction: its folder
+    missing, a file where a folder should be, or a folder not writable."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    for above in (parent, *parent.parents):
+        if above.exists() and not above.is_dir():
+            raise OverwriteError(f"cannot write {out}: {above} is a file, not a folder")
+    if out.is_dir():
+        raise OverwriteError(f"cannot write {out}: it is a folder; give the path of a file")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise OverwriteError(f"cannot write {out}: the folder {existing} is not writable")
+    return out
+
+
+def predict_submission(
+    checkpoints: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    *,
+    steps: Sequence[TableStep] | None = None,
+    num_workers: int = 0,
+) -> Path:
+    """Predict ``data_dir/split`` with one or more detectors and write a submission.
+
+    Args:
+        checkpoints: detector checkpoints (``RUN/best.pt``), each read once.
+        data_dir: a preprocessed folder (``SPLIT/*.png``, ``SPLIT_meta.csv``).
+        out_csv: the submission to write (checked before any image is predicted).
+        split: the split of ``data_dir`` to predict.
+        tta: average each detector with its horizontal flip.
+        batch_size: images per batch.
+        steps: the table steps after prediction; default ``[fuse_step()]``
+            (WBF of several detectors). Add :func:`classifier_step` for a classifier.
+        num_workers: DataLoader worker processes.
+    """
+    check_output_file(out_csv)
+    detectors = load_detectors(checkpoints)
+    ctx = predict_tables(detectors, data_dir, split, tta, batch_size, num_workers)
+    table = ctx.tables[0]
+    for step in [fuse_step()] if steps is None else steps:
+        table = step(table, ctx)
+    submission = prediction_strings(table, ctx.image_ids, meta=ctx.meta)
+    return write_submission(submission, out_csv, image_ids=ctx.image_ids, meta=ctx.meta)
+
+
+def predict_to_submission(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> Path:
+    """One detector's submission: :func:`predict_submission` with one checkpoint."""
+    return predict_submission(
+        [checkpoint], data_dir, out_csv, split, tta, batch_size, num_workers=num_workers
+    )
+
+
+def predict_ensemble(
+    checkpoints: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    batch_size: int = 4,
+    *,
+    classifiers: Sequence[str | os.PathLike] = (),
+    low: float = 0.1,
+    high: float = 0.9,
+    mode: str = "bands",
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    weights: Sequence[float] | None = None,
+    probs_csv: str | os.PathLike | None = None,
+) -> Path:
+    """Several detectors fused with WBF, then the classifiers: :func:`predict_submission`
+    with ``[fuse_step(...), classifier_step(...)]``."""
+    if weights is not None and len(weights) != len(checkpoints):
+        raise ConfigError(
+            f"{len(weights)} WBF weights for {len(checkpoints)} checkpoints: give one per model"
+        )
+    steps = [fuse_step(iou_thr, skip_box_thr, weights)]
+    if classifiers:
+        steps.append(classifier_step(classifiers, low, high, mode, probs_csv))
+    return predict_submission(checkpoints, data_dir, out_csv, split, tta, batch_size, steps=steps)
