@@ -22,6 +22,7 @@ import pandas as pd
 from cxrkit.checkpoints import load_checkpoint, require_kind
 from cxrkit.classifier import classify
 from cxrkit.engine import predictions_to_frame
+from cxrkit.errors import ConfigError
 from cxrkit.formats import BOX_COLUMNS, image_sizes
 from cxrkit.labels import NO_FINDING_ID, to_model_labels
 from cxrkit.postprocess import apply_classifier, check_bands, wbf_predictions
@@ -48,9 +49,9 @@ def fuse_tables(
     first. ``weights``: one per table (default equal).
     """
     if not tables:
-        raise ValueError("fuse_tables needs at least one table")
+        raise ConfigError("fuse_tables needs at least one table")
     if weights is not None and len(weights) != len(tables):
-        raise ValueError(f"{len(weights)} weights for {len(tables)} tables: give one per model")
+        raise ConfigError(f"{len(weights)} weights for {len(tables)} tables: give one per model")
     sizes = image_sizes(meta)
     groups = []
     for table in tables:
@@ -108,7 +109,7 @@ def predict_ensemble(
     ``mode``). ``iou_thr``, ``skip_box_thr``, ``weights``: the WBF of the detectors.
     """
     if not checkpoints:
-        raise ValueError("predict needs at least one detector checkpoint")
+        raise ConfigError("predict needs at least one detector checkpoint")
     for checkpoint in checkpoints:
         check_detector_checkpoint(checkpoint)
     for checkpoint in classifiers:
