@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrkit.errors import AnnotationError, ConfigError
 from cxrkit.formats import image_sizes
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID
 
@@ -93,19 +94,19 @@ class AnchorSpec:
         object.__setattr__(self, "aspect_ratios", ratios)
         object.__setattr__(self, "image_size", int(self.image_size))
         if not sizes or len(sizes) != len(ratios):
-            raise ValueError(
+            raise ConfigError(
                 f"anchors need one tuple of sizes and one of ratios per level, got "
                 f"{len(sizes)} size and {len(ratios)} ratio tuple(s)"
             )
         per_cell = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
         if len(per_cell) != 1 or 0 in per_cell:
-            raise ValueError(
+            raise ConfigError(
                 "every level needs the same, non-zero number of anchor shapes (sizes x ratios), "
                 f"got {[len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)]}"
             )
         values = [v for level in (*sizes, *ratios) for v in level]
         if not all(math.isfinite(v) and v > 0 for v in values) or self.image_size <= 0:
-            raise ValueError(f"anchor sizes, ratios and image_size must be positive: {self}")
+            raise ConfigError(f"anchor sizes, ratios and image_size must be positive: {self}")
 
     @property
     def shapes_per_cell(self) -> int:
@@ -144,7 +145,7 @@ class AnchorSpec:
         """The inverse of :meth:`to_dict`; ``ValueError`` naming what is missing or wrong."""
         missing = [k for k in ("sizes", "aspect_ratios", "image_size") if k not in data]
         if missing:
-            raise ValueError(f"anchor settings lack {missing}; got keys {sorted(data)}")
+            raise ConfigError(f"anchor settings lack {missing}; got keys {sorted(data)}")
         return cls(
             tuple(tuple(level) for level in data["sizes"]),
             tuple(tuple(level) for level in data["aspect_ratios"]),
@@ -196,10 +197,10 @@ def kmeans_iou(
     """
     wh = np.asarray(boxes_wh, dtype=float).reshape(-1, 2)
     if not np.isfinite(wh).all() or (wh <= 0).any():
-        raise ValueError("box widths and heights must be finite and positive")
+        raise ConfigError("box widths and heights must be finite and positive")
     unique = np.unique(wh, axis=0)
     if k < 1 or len(unique) < k:
-        raise ValueError(f"need at least k={k} distinct box shapes, got {len(unique)}")
+        raise ConfigError(f"need at least k={k} distinct box shapes, got {len(unique)}")
     rng = np.random.default_rng(seed)
     centroids = [unique[rng.integers(len(unique))]]
     for _ in range(1, k):  # k-means++: far (low IoU) shapes are likelier next centroids
@@ -272,7 +273,9 @@ def resized_boxes(table: pd.DataFrame, meta: pd.DataFrame, size: int) -> pd.Data
     ids = boxes["image_id"].astype(str)
     unknown = sorted(set(ids) - set(sizes))
     if unknown:
-        raise ValueError(f"{len(unknown)} image(s) of the box table are not in meta: {unknown[:3]}")
+        raise AnnotationError(
+            f"{len(unknown)} image(s) of the box table are not in meta: {unknown[:3]}"
+        )
     rows = ids.map(lambda i: sizes[i][0]).to_numpy(float)
     cols = ids.map(lambda i: sizes[i][1]).to_numpy(float)
     out = pd.DataFrame(
@@ -319,7 +322,7 @@ def grid_anchors(
 
     spec = anchors.scaled(size)
     if len(strides) != len(spec.sizes):
-        raise ValueError(f"{len(spec.sizes)} anchor levels but {len(strides)} strides: {strides}")
+        raise ConfigError(f"{len(spec.sizes)} anchor levels but {len(strides)} strides: {strides}")
     padded = int(math.ceil(size / 32) * 32)
     maps = [torch.zeros(1, 1, math.ceil(padded / s), math.ceil(padded / s)) for s in strides]
     image = ImageList(torch.zeros(1, 1, padded, padded), [(int(size), int(size))])
@@ -397,7 +400,7 @@ def choose_input_size(
     """
     low, high = int(budget[0]), int(budget[1])
     if not 0 < low <= high:
-        raise ValueError(f"budget must be (low, high) with 0 < low <= high, got {budget}")
+        raise ConfigError(f"budget must be (low, high) with 0 < low <= high, got {budget}")
     unit = resized_boxes(table, meta, 1)  # fractions of the image side
     if unit.empty:
         return low, f"input size {low} px: no finding boxes to size it from (budget minimum)"

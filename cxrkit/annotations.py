@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit._progress import tqdm
-from cxrkit.errors import AnnotationError
+from cxrkit.errors import AnnotationError, ConfigError, DataNotFoundError
 from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes, path_like_ids
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
@@ -98,7 +98,7 @@ def _as_table(
         return path_or_df, default_name
     path = Path(path_or_df)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (expected a CSV file)")
+        raise DataNotFoundError(f"{path} does not exist (expected a CSV file)")
     try:
         # ids stay text even if one looks like a number; coordinates are checked later
         df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str, "class_name": str})
@@ -559,9 +559,9 @@ def _check_wbf_args(iou_thr: float, conf_type: str) -> None:
     # ensemble_boxes calls exit() on a bad conf_type: check here and raise instead
     conf_types = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
     if conf_type not in conf_types:
-        raise ValueError(f"conf_type must be one of {conf_types}, got {conf_type!r}")
+        raise ConfigError(f"conf_type must be one of {conf_types}, got {conf_type!r}")
     if not 0.0 <= iou_thr <= 1.0:
-        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
+        raise ConfigError(f"iou_thr must be in [0, 1], got {iou_thr}")
 
 
 def _clip_or_refuse(
@@ -673,7 +673,7 @@ def _hw(size: int | tuple[int, int] | np.ndarray) -> np.ndarray:
     if arr.ndim == 0:
         arr = np.array([arr, arr])
     if arr.shape[-1] != 2 or np.any(arr <= 0):
-        raise ValueError(
+        raise ConfigError(
             f"size must be an int or a (height, width) pair of positive numbers, got {size}"
         )
     return arr
@@ -693,7 +693,7 @@ def rescale_boxes(
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+        raise ConfigError(f"boxes must have shape (N, 4), got {boxes.shape}")
     src, dst = _hw(from_hw), _hw(to_hw)
     src = np.broadcast_to(src, (len(boxes), 2)) if src.ndim == 1 else src
     dst = np.broadcast_to(dst, (len(boxes), 2)) if dst.ndim == 1 else dst

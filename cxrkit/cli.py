@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cxrkit._atomic import write_csv_atomic
-from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
+from cxrkit import doctor
 from cxrkit.config import (
     TrainConfig,
     add_config_options,
@@ -33,17 +32,14 @@ from cxrkit.config import (
     probability,
     typed_settings,
 )
-from cxrkit.doctor import check_environment, format_report
 from cxrkit.errors import CxrkitError, OverwriteError
-from cxrkit.metrics import vinbigdata_map
 from cxrkit.model_names import CLASSIFIER_NAMES
-from cxrkit.paths import write_sample
-from cxrkit.preprocess import meta_from_dicoms, preprocess_dicoms
 from cxrkit.profiles import PROFILE_NAMES, choose_profile
-from cxrkit.submission import parse_submission, validate_submission
 
-# cxrkit.train (and through it torch) is imported inside the commands that train or
-# predict: the other commands, the help and every bad-input message stay free of torch.
+# Only light modules load here (the standard library underneath). Each command
+# imports what it needs: the DICOM code (pydicom, OpenCV), pandas and torch load only
+# for the commands that use them, so the help, every bad-input message and the
+# doctor (which must run where pydicom or torch is broken) need none of them.
 
 # The classifier's bands (cxrkit.postprocess.apply_classifier) when --classifier is given.
 BAND_DEFAULTS = {"low": 0.1, "high": 0.9}
@@ -52,6 +48,8 @@ DESCRIPTION = "Chest X-ray abnormality detection (VinBigData): data, training, s
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from cxrkit.paths import write_sample
+
     out = write_sample(
         args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, variant=args.variant
     )
@@ -70,6 +68,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
+    from cxrkit._atomic import write_csv_atomic
+    from cxrkit.annotations import fuse_boxes, load_meta
+    from cxrkit.preprocess import meta_from_dicoms
+
     for role, given in (("annotation table", args.train_csv), ("meta table", args.meta)):
         if given is not None and _same_file(args.out_csv, given):
             raise OverwriteError(
@@ -88,6 +90,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from cxrkit.preprocess import preprocess_dicoms
+
     report = preprocess_dicoms(
         args.src, args.out, size=args.size, workers=args.workers, keep_aspect=args.keep_aspect
     )
@@ -170,6 +174,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxrkit.annotations import check_boxes_inside, load_annotations, load_meta
+    from cxrkit.metrics import vinbigdata_map
+    from cxrkit.submission import parse_submission, validate_submission
+
     truth = load_annotations(args.truth_csv)
     meta = None
     if args.meta is not None:
@@ -508,7 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(command("evaluate", "score a submission with the competition metric"))
 
     _add_profile_option(sub.choices["train"])
-    p = sub.add_parser("doctor", help="check Python, packages, DICOM decoders, torch, data, cache")
+    # main() hands "doctor" to cxrkit.doctor.main before parsing; this entry lists it in
+    # --help (same text as the doctor's own parser)
+    p = sub.add_parser(
+        "doctor",
+        help=doctor.HELP,
+        description=doctor.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=_cmd_doctor)
     return parser
 
@@ -562,13 +577,18 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    checks = check_environment()
-    print(format_report(checks))
-    return 0 if all(c.ok for c in checks) else 1
+    return doctor.main([])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status.
+
+    ``doctor`` goes first, to :func:`cxrkit.doctor.main`, before any other parsing:
+    it has to report a broken environment, not fail in it.
+    """
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["doctor"]:
+        return doctor.main(given[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # no command: the help, not an error

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrkit.annotations import image_class_sets, load_annotations, load_meta, rescale_boxes
-from cxrkit.errors import DatasetError, FoldError
+from cxrkit.errors import ConfigError, DatasetError, FoldError
 from cxrkit.formats import BOX_COLUMNS, TRUTH_COLUMNS, image_sizes
 from cxrkit.labels import NO_FINDING_ID, to_model_labels
 
@@ -292,7 +292,7 @@ def split(
     Deterministic for a given ``seed``.
     """
     if not 0.0 < valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
+        raise ConfigError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
     labels = _image_labels(_as_annotations(annotations))
     if len(labels) < 2:
         raise DatasetError(f"need at least 2 images to split, got {len(labels)}")

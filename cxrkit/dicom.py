@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from pydicom.pixels import pixel_array as _pixel_array
 
-from cxrkit.errors import DicomReadError
+from cxrkit.errors import ConfigError, DataNotFoundError, DicomReadError
 
 __all__ = [
     "DicomReadError",
@@ -91,7 +91,7 @@ def _open(path: PathLike, *, header_only: bool = False) -> Dataset:
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(errno.ENOENT, "DICOM file not found", str(p))
+        raise DataNotFoundError(errno.ENOENT, "DICOM file not found", str(p))
     if p.is_dir():
         raise DicomReadError(p, "this is a folder, not a DICOM file")
     try:
@@ -567,7 +567,7 @@ def _resize(img: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
     else:
         h, w = (int(s) for s in size)
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise ConfigError(f"size must be positive, got {size!r}")
     if (h, w) == img.shape:
         return img
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)  # cv2 wants (width, height)
@@ -598,7 +598,7 @@ def read_xray(
         one gray level.
 
     Raises:
-        FileNotFoundError: no such file.
+        DataNotFoundError: no such file (a ``FileNotFoundError``).
         DicomReadError: not a DICOM image, truncated, colour, or no decoder installed
             (the message says which package to install).
     """

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.engine import predictions_to_frame
+from cxrkit.errors import ConfigError
 from cxrkit.formats import BOX_COLUMNS, image_sizes
 from cxrkit.labels import NO_FINDING_ID, to_model_labels
 from cxrkit.postprocess import wbf_predictions
@@ -37,9 +38,9 @@ def fuse_tables(
     first. ``weights``: one per table (default equal).
     """
     if not tables:
-        raise ValueError("fuse_tables needs at least one table")
+        raise ConfigError("fuse_tables needs at least one table")
     if weights is not None and len(weights) != len(tables):
-        raise ValueError(f"{len(weights)} weights for {len(tables)} tables: give one per model")
+        raise ConfigError(f"{len(weights)} weights for {len(tables)} tables: give one per model")
     sizes = image_sizes(meta)
     groups = []
     for table in tables:

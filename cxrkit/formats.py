@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from cxrkit.errors import AnnotationError
+
 __all__ = [
     "BOX_COLUMNS",
     "TRAIN_COLUMNS",
@@ -46,8 +48,8 @@ def image_sizes(meta: pd.DataFrame | Mapping[Any, Any]) -> dict[str, tuple[int, 
 
     ``meta`` is a table with ``image_id`` (a column or the index), ``dim0`` and
     ``dim1``, or already a mapping ``image_id -> (dim0, dim1)``. Ids become
-    strings; the first row of a repeated id wins. Raises ``ValueError`` naming
-    the missing columns.
+    strings; the first row of a repeated id wins. Raises
+    :class:`~cxrkit.errors.AnnotationError` naming the missing columns.
 
     >>> image_sizes(pd.DataFrame({"image_id": ["a"], "dim0": [3], "dim1": [4]}))
     {'a': (3, 4)}
@@ -57,7 +59,7 @@ def image_sizes(meta: pd.DataFrame | Mapping[Any, Any]) -> dict[str, tuple[int, 
     table = meta.reset_index() if "image_id" not in meta.columns else meta
     missing = [c for c in META_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"meta table lacks column(s) {missing}; expected image_id,dim0,dim1")
+        raise AnnotationError(f"meta table lacks column(s) {missing}; expected image_id,dim0,dim1")
     sizes: dict[str, tuple[int, int]] = {}
     for i, h, w in zip(table["image_id"], table["dim0"], table["dim1"], strict=True):
         sizes.setdefault(str(i), (int(h), int(w)))

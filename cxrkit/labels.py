@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrkit.errors import ConfigError, UnknownNameError
 from cxrkit.formats import NO_FINDING_BOX as NO_FINDING_BOX  # re-exported
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -63,7 +64,7 @@ _NAME_TO_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
 def class_name(class_id: int) -> str:
     """Name of a VinBigData class id (0-14)."""
     if not 0 <= int(class_id) < NUM_CLASSES:
-        raise ValueError(f"class_id must be in 0..{NUM_CLASSES - 1}, got {class_id}")
+        raise ConfigError(f"class_id must be in 0..{NUM_CLASSES - 1}, got {class_id}")
     return CLASS_NAMES[int(class_id)]
 
 
@@ -72,7 +73,7 @@ def class_id(name: str) -> int:
     try:
         return _NAME_TO_ID[name]
     except KeyError:
-        raise ValueError(
+        raise UnknownNameError(
             f"unknown class name {name!r}; expected one of {list(CLASS_NAMES)}"
         ) from None
 
@@ -86,7 +87,7 @@ def to_model_labels(class_ids: np.ndarray | list[int]) -> np.ndarray:
     """VinBigData class ids (0-13) -> torchvision labels (1-14); 0 stays background."""
     ids = np.asarray(class_ids, dtype=np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= NUM_FINDINGS):
-        raise ValueError(f"only finding ids 0..{NUM_FINDINGS - 1} become model labels, got {ids}")
+        raise ConfigError(f"only finding ids 0..{NUM_FINDINGS - 1} become model labels, got {ids}")
     return ids + 1
 
 
@@ -94,5 +95,5 @@ def from_model_labels(labels: np.ndarray | list[int]) -> np.ndarray:
     """torchvision labels (1-14) -> VinBigData class ids (0-13)."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 1 or labels.max() > NUM_FINDINGS):
-        raise ValueError(f"model labels must be in 1..{NUM_FINDINGS}, got {labels}")
+        raise ConfigError(f"model labels must be in 1..{NUM_FINDINGS}, got {labels}")
     return labels - 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cxrkit.errors import AnnotationError, ConfigError, SubmissionError
 from cxrkit.formats import BOX_COLUMNS, NO_FINDING_BOX, PREDICTION_COLUMNS, TRUTH_COLUMNS
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
@@ -117,12 +118,12 @@ def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
     """
     missing = [c for c in ("image_id", "class_id", *BOX_COLUMNS) if c not in truth.columns]
     if missing:
-        raise ValueError(f"truth table lacks column(s) {missing}; expected train.csv columns")
+        raise AnnotationError(f"truth table lacks column(s) {missing}; expected train.csv columns")
     class_ids = pd.to_numeric(truth["class_id"], errors="coerce")
     bad = ~class_ids.isin(range(NUM_CLASSES))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(
+        raise AnnotationError(
             f"truth row {i} (image_id {truth['image_id'].iloc[i]!r}): class_id "
             f"{truth['class_id'].iloc[i]!r} is not in 0..{NUM_CLASSES - 1}"
         )
@@ -132,7 +133,7 @@ def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
     boxes = findings[BOX_COLUMNS].apply(pd.to_numeric, errors="coerce")
     if boxes.isna().any().any():
         i = int(np.flatnonzero(boxes.isna().any(axis=1).to_numpy())[0])
-        raise ValueError(
+        raise AnnotationError(
             f"truth finding row (image_id {findings['image_id'].iloc[i]!r}, class_id "
             f"{findings['class_id'].iloc[i]}) has a missing or non-numeric box"
         )
@@ -149,7 +150,7 @@ def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
 def _check_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
-        raise ValueError(
+        raise SubmissionError(
             f"predictions table lacks column(s) {missing}; expected {PREDICTION_COLUMNS}"
         )
     p = predictions[PREDICTION_COLUMNS].reset_index(drop=True)
@@ -158,7 +159,7 @@ def _check_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     bad = ~np.isfinite(num.to_numpy()).all(axis=1) | ~num["class_id"].isin(range(NUM_CLASSES))
     if bad.any():
         i = int(np.flatnonzero(np.asarray(bad))[0])
-        raise ValueError(
+        raise SubmissionError(
             f"predictions row {i} (image_id {p['image_id'].iloc[i]!r}) has a non-numeric or "
             f"non-finite value or a class_id outside 0..{NUM_CLASSES - 1}: "
             f"{p.iloc[i].to_dict()}"
@@ -235,15 +236,15 @@ def vinbigdata_map(
     image_ids:
         The images being scored. Defaults to the images of ``truth``. Listing images
         without truth rows makes their predictions count as false positives.
-        Predictions on any other image raise ``ValueError`` (a mismatched id is
+        Predictions on any other image raise ``SubmissionError`` (a mismatched id is
         almost always a bug).
     """
     if not 0.0 < iou_thr <= 1.0:
-        raise ValueError(f"iou_thr must be in (0, 1], got {iou_thr}")
+        raise ConfigError(f"iou_thr must be in (0, 1], got {iou_thr}")
     pred = _check_predictions(predictions)
     gt = prepare_truth(truth)
     if len(gt) == 0:
-        raise ValueError("truth table has no rows: nothing to score against")
+        raise AnnotationError("truth table has no rows: nothing to score against")
     ids = pd.Index(pd.unique(truth["image_id"]) if image_ids is None else list(image_ids))
     if not ids.is_unique:
         ids = ids.unique()
@@ -251,12 +252,12 @@ def vinbigdata_map(
     gt_img = ids.get_indexer(gt["image_id"])
     if (pred_img < 0).any():
         unknown = pd.unique(pred["image_id"][pred_img < 0])
-        raise ValueError(
+        raise SubmissionError(
             f"{len(unknown)} image id(s) in the predictions are not among the scored images, "
             f"e.g. {list(unknown[:3])}; filter the predictions or pass image_ids="
         )
     if (gt_img < 0).any():
-        raise ValueError("image_ids must include every image of the truth table")
+        raise ConfigError("image_ids must include every image of the truth table")
 
     # one stable sort: descending score, ties in table order
     order = np.argsort(-pred["score"].to_numpy(), kind="stable")
@@ -347,11 +348,11 @@ def confusion_at_iou(
     it is scored.
     """
     if not 0.0 < iou_thr <= 1.0:
-        raise ValueError(f"iou_thr must be in (0, 1], got {iou_thr}")
+        raise ConfigError(f"iou_thr must be in (0, 1], got {iou_thr}")
     wanted = list(range(NO_FINDING_ID)) if classes is None else [int(c) for c in classes]
     bad = [c for c in wanted if not 0 <= c < NO_FINDING_ID]
     if bad or len(set(wanted)) != len(wanted) or not wanted:
-        raise ValueError(f"classes must be distinct finding ids 0..13, got {list(wanted)}")
+        raise ConfigError(f"classes must be distinct finding ids 0..13, got {list(wanted)}")
     names = [CLASS_NAMES[c] for c in wanted]
     table = pd.DataFrame(0, index=names, columns=[*names, "other", "none"], dtype=np.int64)
     table.index.name, table.columns.name = "truth", "predicted"
@@ -400,7 +401,7 @@ def bootstrap_map(
     quantile interval) says how far a mAP on these few images could move by chance.
     """
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
     ids = pd.Index(
         pd.unique(truth["image_id"].astype(str)) if image_ids is None else list(image_ids)
     )
@@ -455,15 +456,15 @@ def roc_curve(
 
     A point says: calling every image with ``score >= threshold`` abnormal finds
     ``tpr`` of the abnormal images and wrongly flags ``fpr`` of the normal ones. Its
-    trapezoid area equals :func:`roc_auc`. ValueError when a class is absent.
+    trapezoid area equals :func:`roc_auc`. ConfigError when a class is absent.
     """
     y = np.asarray(labels, dtype=np.float64) > 0.5
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape:
-        raise ValueError(f"{len(y)} labels but {len(s)} scores")
+        raise ConfigError(f"{len(y)} labels but {len(s)} scores")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
-        raise ValueError(f"a ROC curve needs both classes: {n_pos} abnormal, {n_neg} normal")
+        raise ConfigError(f"a ROC curve needs both classes: {n_pos} abnormal, {n_neg} normal")
     order = np.argsort(-s, kind="stable")
     s, y = s[order], y[order]
     last_of_each_score = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # ties move together
@@ -481,11 +482,11 @@ def calibration_table(
     y = np.asarray(labels, dtype=np.float64) > 0.5
     p = np.asarray(probs, dtype=np.float64)
     if y.shape != p.shape:
-        raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
+        raise ConfigError(f"{len(y)} labels but {len(p)} probabilities")
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+        raise ConfigError(f"bins must be >= 1, got {bins}")
     if len(p) and not ((p >= 0) & (p <= 1)).all():
-        raise ValueError("probabilities must be in [0, 1]")
+        raise ConfigError("probabilities must be in [0, 1]")
     which = np.minimum((p * bins).astype(int), bins - 1)  # p = 1 goes to the last bin
     table = pd.DataFrame({"bin": which, "p": p, "abnormal": y.astype(float)})
     out = table.groupby("bin").agg(

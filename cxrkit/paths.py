@@ -38,18 +38,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CXRKIT_CACHE", Path.home() / ".cache" / "cxrkit")).expanduser()
 
 
-def work_dir(name: str = "") -> Path:
-    """A writable folder for outputs (preprocessed PNGs, runs, submissions).
+def work_root() -> Path:
+    """Where :func:`work_dir` puts outputs, without creating it (``python -m cxrkit doctor``).
 
-    On Kaggle the inputs are read-only, so outputs go to ``/kaggle/working/cxrkit``;
-    elsewhere to ``CXRKIT_WORK`` or the cache folder.
+    ``CXRKIT_WORK`` if set; on Kaggle ``/kaggle/working/cxrkit`` (the inputs are
+    read-only); elsewhere ``work/`` in the cache folder.
     """
     if "CXRKIT_WORK" in os.environ:
-        root = Path(os.environ["CXRKIT_WORK"]).expanduser()
-    elif KAGGLE_WORKING.is_dir():
-        root = KAGGLE_WORKING / "cxrkit"
-    else:
-        root = cache_dir() / "work"
+        return Path(os.environ["CXRKIT_WORK"]).expanduser()
+    if KAGGLE_WORKING.is_dir():
+        return KAGGLE_WORKING / "cxrkit"
+    return cache_dir() / "work"
+
+
+def work_dir(name: str = "") -> Path:
+    """A writable folder for outputs (preprocessed PNGs, runs, submissions), created.
+
+    On Kaggle the inputs are read-only, so outputs go to ``/kaggle/working/cxrkit``;
+    elsewhere to ``CXRKIT_WORK`` or the cache folder (see :func:`work_root`).
+    """
+    root = work_root()
     path = root / name if name else root
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from cxrkit._atomic import atomic_path
 from cxrkit.annotations import sizes_of, validate_meta
 from cxrkit.eda import summarize
+from cxrkit.errors import ConfigError
 from cxrkit.formats import BOX_COLUMNS
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, class_color, class_name
 from cxrkit.metrics import calibration_table, roc_auc, roc_curve
@@ -64,7 +65,7 @@ def _new_axes_row(
     if axes is not None:
         axes = list(np.ravel(axes))
         if len(axes) != n:
-            raise ValueError(f"expected {n} axes, got {len(axes)}")
+            raise ConfigError(f"expected {n} axes, got {len(axes)}")
         return axes[0].figure, axes
     import matplotlib.pyplot as plt
 
@@ -89,7 +90,9 @@ def _image_2d(image: Any) -> tuple[np.ndarray, str | None]:
     if img.ndim == 3 and img.shape[-1] == 3 and np.allclose(img[..., 0], img[..., 1]):
         img = img[..., 0]  # a gray X-ray repeated in three channels for the model
     if img.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W), (H, W, C) or (C, H, W) image, got shape {img.shape}")
+        raise ConfigError(
+            f"expected an (H, W), (H, W, C) or (C, H, W) image, got shape {img.shape}"
+        )
     return img, ("gray" if img.ndim == 2 else None)
 
 
@@ -127,7 +130,7 @@ def draw_boxes(
     sc = None if scores is None else _to_numpy(scores).astype(np.float64).ravel()
     for name, values in (("class_ids", ids), ("scores", sc)):
         if values is not None and len(values) != len(boxes):
-            raise ValueError(f"{len(boxes)} boxes but {len(values)} {name}")
+            raise ConfigError(f"{len(boxes)} boxes but {len(values)} {name}")
     drawn = []
     labels = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -462,12 +465,12 @@ def plot_history(
     """
     df = pd.DataFrame(history)
     if df.empty:
-        raise ValueError("history is empty: nothing to plot")
+        raise ConfigError("history is empty: nothing to plot")
     x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(1, len(df) + 1)
     loss_cols = [c for c in df.columns if "loss" in str(c).lower()]
     map_cols = [c for c in df.columns if re.search(r"(^|_)m?ap($|_|@|\d)", str(c).lower())]
     if not loss_cols and not map_cols:
-        raise ValueError(f"history has no loss or mAP column; columns are {list(df.columns)}")
+        raise ConfigError(f"history has no loss or mAP column; columns are {list(df.columns)}")
     fig, (ax_loss, ax_map) = _new_axes_row(axes, 2, size=5)
     for col in loss_cols:
         ax_loss.plot(x, df[col].to_numpy(dtype=float), marker="o", ms=3, label=str(col))
@@ -507,7 +510,7 @@ def save_figure(fig: Figure | Axes, name: str, folder: str | os.PathLike | None 
         fig = fig.figure
     stem = name[:-4] if name.lower().endswith(".png") else name
     if not stem or Path(stem).name != stem or stem in (".", ".."):
-        raise ValueError(f"figure name must be a plain file name, got {name!r}")
+        raise ConfigError(f"figure name must be a plain file name, got {name!r}")
     path = Path(folder) if folder is not None else find_figures_dir()
     path = path / f"{stem}.png"
     with atomic_path(path) as tmp:
@@ -541,7 +544,7 @@ def plot_ap_vs_agreement(
         key=lambda c: (-ap[c], c),
     )
     if not classes:
-        raise ValueError("no finding class has both an AP and an agreement value")
+        raise ConfigError("no finding class has both an AP and an agreement value")
     ax = _new_axes(ax, figsize=(7, 5.5))
     ax.set(xlim=(-0.05, 1.12), ylim=(-0.05, 1.08), xlabel=xlabel, ylabel="AP")
     ax.set_title("AP per class vs reader agreement")

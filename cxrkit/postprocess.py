@@ -19,7 +19,7 @@ import torch
 import torchvision.ops
 from ensemble_boxes import weighted_boxes_fusion
 
-from cxrkit.errors import SubmissionError
+from cxrkit.errors import ConfigError, SubmissionError, UnknownNameError
 from cxrkit.formats import NO_FINDING_BOX, PREDICTION_COLUMNS
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import bootstrap_map, vinbigdata_map
@@ -33,7 +33,9 @@ def _as_tensors(prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor, tor
     """(boxes float32, scores float32, labels int64, was_numpy) without copying tensors."""
     missing = [k for k in PER_BOX_KEYS if k not in prediction]
     if missing:
-        raise KeyError(f"prediction dict lacks {missing}; expected keys {list(PER_BOX_KEYS)}")
+        raise UnknownNameError(
+            f"prediction dict lacks {missing}; expected keys {list(PER_BOX_KEYS)}"
+        )
     was_numpy = not isinstance(prediction["boxes"], torch.Tensor)
 
     def tensor(value, dtype: torch.dtype, device=None) -> torch.Tensor:
@@ -47,7 +49,7 @@ def _as_tensors(prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor, tor
     scores = tensor(prediction["scores"], torch.float32, boxes.device).to(boxes.device)
     labels = tensor(prediction["labels"], torch.int64, boxes.device).to(boxes.device)
     if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(
+        raise ConfigError(
             f"prediction has {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels"
         )
     return boxes, scores.reshape(-1), labels.reshape(-1), was_numpy
@@ -141,7 +143,7 @@ def wbf_predictions(
     device, or numpy if the first input is numpy.
     """
     if not predictions:
-        raise ValueError("wbf_predictions needs at least one prediction")
+        raise ConfigError("wbf_predictions needs at least one prediction")
     h, w = image_hw
     scale = np.array([w, h, w, h], dtype=np.float64)
     boxes_list, scores_list, labels_list = [], [], []
@@ -187,9 +189,9 @@ def merge_tta(
     if method == "wbf":
         return wbf_predictions(predictions, image_hw, iou_thr, skip_box_thr, weights)
     if method != "nms":
-        raise ValueError(f"method must be 'wbf' or 'nms', got {method!r}")
+        raise ConfigError(f"method must be 'wbf' or 'nms', got {method!r}")
     if not predictions:
-        raise ValueError("merge_tta needs at least one prediction")
+        raise ConfigError("merge_tta needs at least one prediction")
     parts = [_as_tensors(p) for p in predictions]
     device = parts[0][0].device
     pooled = {
@@ -240,7 +242,7 @@ def apply_classifier(
     [0, 1], or an image has no probability (naming the first few).
     """
     if mode not in ("bands", "soft"):
-        raise ValueError(f"mode must be 'bands' or 'soft', got {mode!r}")
+        raise ConfigError(f"mode must be 'bands' or 'soft', got {mode!r}")
     if mode == "bands":
         check_bands(low, high)
     p_abnormal = _probabilities(probs)

@@ -28,7 +28,7 @@ from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
 from cxrkit.annotations import validate_meta
 from cxrkit.dicom import dicom_shape, list_dicoms, read_xray, shared_id_problem
-from cxrkit.errors import AnnotationError, DataNotFoundError, PreprocessError
+from cxrkit.errors import AnnotationError, ConfigError, DataNotFoundError, PreprocessError
 from cxrkit.formats import META_COLUMNS
 from cxrkit.paths import find_data, work_dir
 
@@ -117,7 +117,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
     ok, data = cv2.imencode(".png", image)
     if not ok:
-        raise OSError(f"OpenCV could not encode {path} as PNG")
+        raise PreprocessError(f"OpenCV could not encode {path} as PNG")
     with open(path, "wb") as f:
         f.write(data.tobytes())
 
@@ -462,7 +462,7 @@ def preprocess_dicoms(
     start = time.perf_counter()
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if size < 8:
-        raise ValueError(f"size must be at least 8 pixels, got {size}")
+        raise ConfigError(f"size must be at least 8 pixels, got {size}")
     sources = _find_sources(src, tuple(splits))
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, size, keep_aspect)
@@ -560,7 +560,7 @@ def meta_from_dicoms(dicom_dir: str | os.PathLike) -> pd.DataFrame:
     """
     folder = Path(dicom_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"DICOM folder {folder} does not exist")
+        raise DataNotFoundError(f"DICOM folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".dicom", ".dcm"))
     if not files:
         hint = ""

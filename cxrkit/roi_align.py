@@ -11,15 +11,22 @@ core. The output equals torchvision's up to float rounding (tested), including i
 edge rules (samples up to one pixel outside the map are clamped, farther ones are
 zero). The cost grows with the map's area, so larger maps, and every GPU, keep
 torchvision's kernel (:data:`MAX_DENSE_AREA`).
+
+Only torchvision's public API is used: the two helpers of its pooler that the
+multi-scale forward needs (the boxes as RoI rows, the scale and FPN level of each
+map) are rewritten here with the same results (:func:`rois_from_boxes`,
+:func:`setup_scales`), so a torchvision release that renames its private helpers
+does not break the model.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, box_area
 from torchvision.ops import roi_align as torchvision_roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+
+from cxrkit.errors import ConfigError
 
 # Largest feature map (rows x columns) pooled with the matrix products. Measured on
 # 2 CPU threads (AMD EPYC), 1024 boxes, 64 channels, forward + backward: 5.2x faster
@@ -70,7 +77,7 @@ def separable_roi_align(
     """
 
     if sampling_ratio <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"sampling_ratio must be a positive number of samples, not {sampling_ratio}"
         )
     n_images, channels, height, width = features.shape
@@ -119,6 +126,93 @@ def roi_align(
     )
 
 
+# ------------------------------------------- the pooler's bookkeeping (as torchvision's)
+def rois_from_boxes(boxes: list[Tensor]) -> Tensor:
+    """``(K, 5)`` rows of ``(image index, x1, y1, x2, y2)`` from one ``(n, 4)`` tensor per image.
+
+    The layout :func:`roi_align` takes; the index has the boxes' dtype and device.
+    """
+    concat = torch.cat(boxes, dim=0)
+    ids = torch.cat(
+        [
+            torch.full_like(
+                b[:, :1], i, dtype=concat.dtype, layout=torch.strided, device=concat.device
+            )
+            for i, b in enumerate(boxes)
+        ],
+        dim=0,
+    )
+    return torch.cat([ids, concat], dim=1)
+
+
+def infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
+    """A feature map's size over the (padded) input's, rounded to a power of two.
+
+    The network halves the resolution from level to level, so the ratio of the
+    heights is ``2 ** -k`` up to padding; torchvision reads it from the heights.
+    """
+    approx = float(feature.shape[-2]) / float(image_size[0])
+    return 2 ** float(torch.tensor(approx).log2().round())
+
+
+class FpnLevelMapper:
+    """The FPN level that pools each box (eq. 1 of the FPN paper, as torchvision).
+
+    A box of side ``canonical_scale`` pixels pools from ``canonical_level``; each
+    doubling of the side moves one level up, clamped to the levels there are.
+    Called with one ``(n, 4)`` box tensor per image, it returns each box's level
+    index counted from ``k_min`` (0 is the finest map given).
+    """
+
+    def __init__(
+        self,
+        k_min: int,
+        k_max: int,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        eps: float = 1e-6,
+    ) -> None:
+        self.k_min = k_min
+        self.k_max = k_max
+        self.s0 = canonical_scale
+        self.lvl0 = canonical_level
+        self.eps = eps
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        side = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+        eps = torch.tensor(self.eps, dtype=side.dtype)
+        target = torch.floor(self.lvl0 + torch.log2(side / self.s0) + eps)
+        target = torch.clamp(target, min=self.k_min, max=self.k_max)
+        return (target.to(torch.int64) - self.k_min).to(torch.int64)
+
+
+def setup_scales(
+    features: list[Tensor],
+    image_shapes: list[tuple[int, int]],
+    canonical_scale: int,
+    canonical_level: int,
+) -> tuple[list[float], FpnLevelMapper]:
+    """Each map's scale and the level rule, from the maps and the batch's image sizes.
+
+    The scales are measured against the largest height and width of the batch (the
+    size the images were padded to); the finest and coarsest scale give the range of
+    FPN levels (``2 ** -k`` is level ``k``).
+    """
+    if not image_shapes:
+        raise ConfigError(
+            "image_shapes is empty: the pooler needs the (height, width) of each image "
+            "of the batch to infer the feature maps' scales"
+        )
+    padded = (max(shape[0] for shape in image_shapes), max(shape[1] for shape in image_shapes))
+    scales = [infer_scale(feature, padded) for feature in features]
+    lvl_min = -torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item()
+    lvl_max = -torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item()
+    mapper = FpnLevelMapper(
+        int(lvl_min), int(lvl_max), canonical_scale=canonical_scale, canonical_level=canonical_level
+    )
+    return scales, mapper
+
+
 class CpuMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same levels, same output) with :func:`roi_align`.
 
@@ -143,7 +237,7 @@ class CpuMultiScaleRoIAlign(MultiScaleRoIAlign):
             canonical_level=canonical_level,
         )
         if not isinstance(output_size, int) or sampling_ratio <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "CpuMultiScaleRoIAlign pools square bins with a fixed number of samples: "
                 f"output_size must be an int and sampling_ratio > 0, not {output_size!r}, "
                 f"{sampling_ratio!r}"
@@ -157,10 +251,10 @@ class CpuMultiScaleRoIAlign(MultiScaleRoIAlign):
     ) -> Tensor:
         maps = [x[name] for name in self.featmap_names]
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(
+            self.scales, self.map_levels = setup_scales(
                 maps, image_shapes, self.canonical_scale, self.canonical_level
             )
-        rois = _convert_to_roi_format(boxes)
+        rois = rois_from_boxes(boxes)
         size = self.output_size[0]
         if len(maps) == 1:
             return roi_align(maps[0], rois, size, self.scales[0], self.sampling_ratio)

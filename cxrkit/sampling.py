@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Sampler
 
 from cxrkit.annotations import image_class_sets
+from cxrkit.errors import ConfigError, DatasetError
 from cxrkit.fit import epoch_seed
 
 
@@ -43,10 +44,10 @@ def repeat_factors(table: pd.DataFrame, threshold: float) -> pd.Series:
     ``sqrt(0.1 / 0.01) = 3.16``.
     """
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be a share of the images in (0, 1], got {threshold}")
+        raise ConfigError(f"threshold must be a share of the images in (0, 1], got {threshold}")
     sets = image_class_sets(table)
     if sets.empty:
-        raise ValueError("repeat factors need at least one training image, the table is empty")
+        raise DatasetError("repeat factors need at least one training image, the table is empty")
     counts = Counter(c for classes in sets for c in classes)
     n_images = len(sets)
     per_class = {c: max(1.0, math.sqrt(threshold / (n / n_images))) for c, n in counts.items()}
@@ -85,9 +86,9 @@ class RepeatFactorSampler(Sampler[int]):
     def __init__(self, factors: Sequence[float], seed: int = 0) -> None:
         values = np.asarray(factors, dtype=np.float64)
         if values.ndim != 1 or len(values) == 0:
-            raise ValueError("factors must be a non-empty list, one per dataset item")
+            raise ConfigError("factors must be a non-empty list, one per dataset item")
         if not np.all(np.isfinite(values)) or np.any(values < 1.0):
-            raise ValueError("every repeat factor must be a finite number >= 1")
+            raise ConfigError("every repeat factor must be a finite number >= 1")
         self.whole = torch.as_tensor(np.floor(values).astype(np.int64))
         self.fraction = torch.as_tensor(values - np.floor(values))
         self.seed = int(seed)

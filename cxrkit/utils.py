@@ -1,6 +1,8 @@
 """Small helpers used across notebooks: seeds, device choice, notebook setup.
 
-Taught in notebook 01 (``setup``) and notebook 04 (``try_gpu``).
+Taught in notebook 01 (``setup``) and notebook 04 (``try_gpu``). Only the standard
+library loads with the module (NumPy, pandas and torch inside the functions), so
+``python -m cxrkit doctor`` can use :func:`cuda_problem` in a broken environment.
 """
 
 from __future__ import annotations
@@ -8,11 +10,11 @@ from __future__ import annotations
 import os
 import random
 
-import numpy as np
-
 
 def seed_everything(seed: int = 42) -> None:
     """Seed Python, NumPy and PyTorch so notebooks and tests repeat exactly on CPU."""
+    import numpy as np
+
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - some libraries still draw from the global RNG
     os.environ["PYTHONHASHSEED"] = str(seed)
@@ -36,11 +38,73 @@ def try_gpu(index: int = 0):
     return torch.device("cpu")
 
 
+def _arch_runs_on(arch: str, major: int, minor: int) -> bool:
+    """Can code built for ``arch`` (``"sm_86"``, ``"compute_90"``) run on capability major.minor?
+
+    A cubin for ``sm_XY`` runs on capability X.Y and the later minor versions of the
+    same major (X.Z, Z >= Y); PTX for ``compute_XY`` is compiled when loaded, for
+    capability X.Y and anything newer. The ``a``/``f`` suffixes (``sm_90a``) are read
+    as the plain number, as ``torch.cuda`` does.
+    """
+    kind, _, number = arch.partition("_")
+    digits = number.removesuffix("a").removesuffix("f")
+    if not digits.isdigit():
+        return False
+    code_major, code_minor = divmod(int(digits), 10)
+    if kind == "sm":
+        return major == code_major and minor >= code_minor
+    if kind == "compute":
+        return (major, minor) >= (code_major, code_minor)
+    return False
+
+
+def cuda_problem(device_index: int = 0) -> str | None:
+    """Why this torch cannot compute on CUDA device ``device_index``, or None when it can.
+
+    ``torch.cuda.is_available()`` is not enough: it is True on a GPU that the installed
+    torch has no kernels for (Kaggle's P100, compute capability 6.0, under a torch
+    built for sm_75 and newer), and the first kernel then fails. This compares the
+    device's compute capability with ``torch.cuda.get_arch_list()`` as torch's own
+    warning does (a build for ``sm_XY`` runs on capability X.Y and later minors of
+    major X; PTX ``compute_XY`` on X.Y and newer). Used by ``python -m cxrkit doctor``
+    and the training profiles.
+
+    Args:
+        device_index: the CUDA device to ask about (``cuda:0`` by default).
+
+    Returns:
+        None when CUDA is usable; otherwise one line saying why not (no device, a
+        CPU-only build, or a capability that the build has no kernels for).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} is a CPU-only build (no CUDA)"
+        return "no CUDA device: torch.cuda.is_available() is False"
+    if torch.version.cuda is None:  # ROCm: torch has no such check for its GPUs either
+        return None
+    try:
+        major, minor = torch.cuda.get_device_capability(device_index)
+    except Exception as exc:  # no such device index, or a driver that fails
+        return f"cannot query CUDA device {device_index}: {type(exc).__name__}: {exc}"
+    arch_list = torch.cuda.get_arch_list()
+    if not arch_list:  # the build does not say: assume it fits, as torch does
+        return None
+    if any(_arch_runs_on(arch, major, minor) for arch in arch_list):
+        return None
+    return (
+        f"cuda:{device_index} has compute capability sm_{major}{minor}, which torch "
+        f"{torch.__version__} has no kernels for (built for {' '.join(arch_list)})"
+    )
+
+
 def setup_notebook(seed: int = 42, threads: int | None = None) -> None:
     """One call at the top of every notebook: seeds, print widths, figure resolution.
 
     Keeps outputs short and identical between runs, so nbval can compare them.
     """
+    import numpy as np
     import pandas as pd
 
     seed_everything(seed)

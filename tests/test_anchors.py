@@ -28,11 +28,10 @@ from cxrkit.anchors import (
     stock_anchors,
 )
 from cxrkit.checkpoints import CheckpointError, save_checkpoint
-from cxrkit.models import model_from_checkpoint
 from cxrkit.cli import build_parser
 from cxrkit.config import TrainConfig, resolve, typed_settings
 from cxrkit.errors import ConfigError
-from cxrkit.models import build_model
+from cxrkit.models import build_model, model_from_checkpoint
 from cxrkit.sample.findings import FINDING_VARIANTS
 from cxrkit.sample.plan import plan_cases
 from cxrkit.sample.render import render_case

@@ -20,9 +20,8 @@ from cxrkit.checkpoints import (
     rng_state,
     save_checkpoint,
 )
-from cxrkit.models import model_from_checkpoint
 from cxrkit.fit import ResumeError, fit, make_optimizer, make_scheduler
-from cxrkit.models import build_model
+from cxrkit.models import build_model, model_from_checkpoint
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

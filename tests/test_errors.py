@@ -181,3 +181,115 @@ def test_one_iou():
     b = np.array([[5, 5, 15, 15], [3, 3, 4, 4]], dtype=float)
     np.testing.assert_allclose(elementwise_iou(a, b), [25 / 175, 0.0])
     np.testing.assert_allclose(iou_matrix(a, b)[0], [25 / 175, 0.01])
+
+
+# ------------------------------------------------------- every error raised on purpose
+# Builtin exception classes that cxrkit raises only through a cxrkit error (each of
+# which also derives from the builtin, so ``except ValueError`` keeps working).
+BUILTIN_ERRORS = frozenset(
+    {
+        "Exception",
+        "ValueError",
+        "TypeError",
+        "KeyError",
+        "IndexError",
+        "LookupError",
+        "FileNotFoundError",
+        "FileExistsError",
+        "IsADirectoryError",
+        "NotADirectoryError",
+        "PermissionError",
+        "RuntimeError",
+        "OSError",
+        "IOError",
+        "NotImplementedError",
+        "AssertionError",
+        "ArithmeticError",
+        "ZeroDivisionError",
+        "FloatingPointError",
+        "OverflowError",
+        "ImportError",
+        "ModuleNotFoundError",
+        "EOFError",
+        "TimeoutError",
+    }
+)
+
+# (module, function, builtin) raised on purpose where a builtin is the protocol, not
+# an error of the user's input. (A module ``__getattr__`` raising AttributeError is
+# such a case too; AttributeError is not scanned.)
+ALLOWED_BUILTIN_RAISES = {
+    # the in-cell check of notebooks: a value outside its band fails the cell like an
+    # ``assert`` (nbval and benchmarks/notebook_spread.py expect AssertionError)
+    ("utils.py", "check_range", "AssertionError"),
+    # a window from the DICOM header that cannot be applied: _voi catches the
+    # ValueError, warns and shows the image without it; it never reaches the user
+    ("dicom.py", "_window", "ValueError"),
+}
+
+# Modules other engineers are rewriting now; the lead empties this set after merging
+# their work (each must then pass like the rest). Do not add to it.
+PENDING_MODULES = {
+    "fit.py",
+    "engine.py",
+    "classifier.py",
+    "train.py",
+    "runs.py",
+}
+
+
+def bare_builtin_raises(source: str) -> list[tuple[int, str, str]]:
+    """``(line, function, builtin)`` of each ``raise X(...)`` or ``raise X`` of a builtin
+    error class (``function`` is the innermost enclosing def, ``""`` at module level).
+
+    A bare ``raise`` (re-raising what was caught) and ``raise exc`` of a caught
+    variable are not flagged: only a builtin class named at the raise.
+    """
+    found: list[tuple[int, str, str]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id in BUILTIN_ERRORS:
+                found.append((node.lineno, function, target.id))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(source), "")
+    return sorted(found)
+
+
+def test_no_bare_builtin_raises():
+    """Every error cxrkit raises on purpose is a CxrkitError (one line at the command line)."""
+    flagged = []
+    for path in _sources():
+        name = str(path.relative_to(PACKAGE))
+        if name in PENDING_MODULES:
+            continue
+        for line, function, builtin in bare_builtin_raises(path.read_text()):
+            if (name, function, builtin) not in ALLOWED_BUILTIN_RAISES:
+                flagged.append(f"cxrkit/{name}:{line} ({function}): raise {builtin}")
+    assert flagged == [], "raise a cxrkit.errors class instead:\n" + "\n".join(flagged)
+
+
+def test_the_raise_scan_finds_a_planted_builtin():
+    planted = 'def f(x):\n    if x:\n        raise ValueError("x")\n    raise KeyError\n'
+    assert bare_builtin_raises(planted) == [(3, "f", "ValueError"), (4, "f", "KeyError")]
+    assert bare_builtin_raises('raise ValueError("x")\n') == [(1, "", "ValueError")]
+    fine = (
+        "try:\n    pass\nexcept OSError as exc:\n    raise\n"
+        "def g(exc):\n    raise ConfigError('x') from exc\n"
+    )
+    assert bare_builtin_raises(fine) == []
+
+
+def test_allowed_raises_are_still_there():
+    """An allow-list entry whose raise is gone must go too (the list stays short and true)."""
+    present = {
+        (str(path.relative_to(PACKAGE)), function, builtin)
+        for path in _sources()
+        for _line, function, builtin in bare_builtin_raises(path.read_text())
+    }
+    assert ALLOWED_BUILTIN_RAISES <= present

@@ -9,12 +9,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cxrkit"
 
 # (module, sibling) pairs imported inside a function on purpose, to keep a heavy
-# third-party package out of the importing module: torch for the CLI's bad-input
-# messages, albumentations for cxrkit.data, the sample generator for cxrkit.paths.
+# third-party package out of the importing module: torch, pandas and pydicom for the
+# CLI's help, bad-input messages and doctor, albumentations for cxrkit.data, the
+# sample generator for cxrkit.paths.
 DELIBERATE_LAZY = {
     ("cxrkit.cli", "cxrkit.train"),
     ("cxrkit.cli", "cxrkit.classifier"),
-    ("cxrkit.cli", "cxrkit.ensemble"),
+    ("cxrkit.cli", "cxrkit.predict"),
+    ("cxrkit.cli", "cxrkit._atomic"),
+    ("cxrkit.cli", "cxrkit.annotations"),
+    ("cxrkit.cli", "cxrkit.metrics"),
+    ("cxrkit.cli", "cxrkit.paths"),
+    ("cxrkit.cli", "cxrkit.preprocess"),
+    ("cxrkit.cli", "cxrkit.submission"),
+    ("cxrkit.config", "cxrkit.data"),  # check_fold: keep torch out of the help
     ("cxrkit.data", "cxrkit.transforms"),
     ("cxrkit.paths", "cxrkit.sample"),
 }

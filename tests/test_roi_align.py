@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +123,87 @@ def test_cxr_small_training_losses_match_torchvision_pooler():
     theirs, grad_theirs = losses_and_grad()
     assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-6)
     torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------ the pooler's helpers, public API only
+def test_pooler_helpers_match_torchvisions_private_ones():
+    """setup_scales and rois_from_boxes give what torchvision's private helpers give."""
+    poolers = pytest.importorskip("torchvision.ops.poolers")
+    private = ("_setup_scales", "_convert_to_roi_format")
+    if not all(hasattr(poolers, name) for name in private):
+        pytest.skip("this torchvision has other private helpers: the pooler tests compare")
+    gen = torch.Generator().manual_seed(3)
+    maps = [torch.randn(2, 4, side, side, generator=gen) for side in (64, 32, 16, 8)]
+    shapes = [(250, 256), (256, 200)]  # padded to 256 x 256
+    boxes = [_boxes(1, 40, 256, seed=s)[:, 1:].clamp(0, 256) for s in (4, 5)]
+    boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
+    scales, mapper = cxr_roi_align.setup_scales(maps, shapes, 224, 4)
+    their_scales, their_mapper = poolers._setup_scales(maps, shapes, 224, 4)
+    assert scales == their_scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert (mapper.k_min, mapper.k_max) == (their_mapper.k_min, their_mapper.k_max) == (2, 5)
+    assert torch.equal(mapper(boxes), their_mapper(boxes))
+    assert torch.equal(cxr_roi_align.rois_from_boxes(boxes), poolers._convert_to_roi_format(boxes))
+    with pytest.raises(ValueError, match="image_shapes is empty"):
+        cxr_roi_align.setup_scales(maps, [], 224, 4)
+
+
+# Modules allowed a private torchvision name: none (models.py detects MobileNet's
+# stage boundaries from strided convolutions instead of the private ``_is_cn``).
+PENDING_PRIVATE_TORCHVISION: set[str] = set()
+
+
+def private_torchvision_uses(source: str) -> list[str]:
+    """Private torchvision names a module's source uses: ``from torchvision... import _x``,
+    a ``_module`` in an imported path, or ``getattr(obj, "_x")`` in a module that imports
+    torchvision (how private attributes of its objects are read)."""
+    tree = ast.parse(source)
+    found: list[str] = []
+    uses_torchvision = False
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torchvision":
+            uses_torchvision = True
+            parts = node.module.split(".")
+            found += [f"from {node.module} import {a.name}" for a in node.names if private(a.name)]
+            found += [f"from {node.module} import ..." for p in parts if private(p)]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "torchvision":
+                    uses_torchvision = True
+                    found += [f"import {alias.name}" for p in alias.name.split(".") if private(p)]
+    for node in ast.walk(tree):
+        if (
+            uses_torchvision
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"getattr", "hasattr", "setattr"}
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and private(node.args[1].value)
+        ):
+            found.append(f"{node.func.id}(..., {node.args[1].value!r})")
+    return found
+
+
+def test_no_module_uses_a_private_torchvision_name():
+    package = Path(cxr_roi_align.__file__).parent
+    used = {
+        str(path.relative_to(package)): private_torchvision_uses(path.read_text())
+        for path in sorted(package.rglob("*.py"))
+    }
+    flagged = {name: uses for name, uses in used.items() if uses}
+    assert set(flagged) - PENDING_PRIVATE_TORCHVISION == set(), flagged
+
+
+def test_the_private_name_scan_finds_a_planted_import():
+    planted = "from torchvision.ops.poolers import _setup_scales, MultiScaleRoIAlign\n"
+    assert private_torchvision_uses(planted) == [
+        "from torchvision.ops.poolers import _setup_scales"
+    ]
+    assert private_torchvision_uses("import torchvision.ops._utils\n")
+    assert private_torchvision_uses("import torchvision\nx = getattr(m, '_is_cn', 0)\n")
+    assert private_torchvision_uses("from torchvision.ops import box_iou\n") == []

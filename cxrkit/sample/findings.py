@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from cxrkit.errors import ConfigError
 from cxrkit.sample.anatomy import Anatomy
 from cxrkit.sample.draw import blend, segment_distance, smooth_noise, soft
 
@@ -329,9 +330,9 @@ _VARIANT_RENDERERS = {
 def renderers(
     variant: str = "default",
 ) -> dict[int, Callable[[Anatomy, np.random.Generator, int], Finding]]:
-    """The finding renderer of each class id in a sample variant (ValueError if unknown)."""
+    """The finding renderer of each class id in a sample variant (ConfigError if unknown)."""
     if variant not in _VARIANT_RENDERERS:
-        raise ValueError(f"unknown sample variant {variant!r}; choose one of {FINDING_VARIANTS}")
+        raise ConfigError(f"unknown sample variant {variant!r}; choose one of {FINDING_VARIANTS}")
     return _VARIANT_RENDERERS[variant]
 
 

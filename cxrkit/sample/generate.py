@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxrkit._atomic import atomic_path, write_csv_atomic
 from cxrkit._progress import tqdm
-from cxrkit.errors import OverwriteError
+from cxrkit.errors import ConfigError, ConfigTypeError, OverwriteError
 from cxrkit.sample.dicom_writer import to_dicom
 from cxrkit.sample.findings import renderers
 from cxrkit.sample.layout import MARKER_NAME, NO_FINDING_PREDICTION, SAMPLE_VERSION
@@ -29,11 +29,11 @@ __all__ = ["generate_sample"]
 def _check_args(seed: int, n_train: int, n_test: int) -> None:
     for name, value, least in (("n_train", n_train, 1), ("n_test", n_test, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
+            raise ConfigTypeError(f"{name} must be an integer, got {value!r}")
         if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+            raise ConfigError(f"{name} must be >= {least}, got {value}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _marker_counts(marker: Path) -> tuple[int, int, int] | None:
@@ -136,7 +136,7 @@ def generate_sample(
         ['.cxrkit-sample', 'sample_submission.csv', 'test', 'test_labels.csv', 'train', 'train.csv']
     """
     _check_args(seed, n_train, n_test)
-    renderers(variant)  # ValueError naming the variants, before touching out_dir
+    renderers(variant)  # ConfigError naming the variants, before touching out_dir
     seed, n_train, n_test = int(seed), int(n_train), int(n_test)
 
     out = Path(out_dir).expanduser()
