@@ -26,6 +26,7 @@ from typing import Any
 
 from cxrkit.errors import ConfigError
 from cxrkit.registry import get_spec
+from cxrkit.utils import cuda_problem
 
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts attached datasets
 PROFILE_NAMES: tuple[str, ...] = ("cpu", "gpu")
@@ -73,15 +74,16 @@ class Profile:
 
 
 def _cuda_memory_gib(device: Any = None) -> tuple[str, float] | None:
-    """(name, total GiB) of the CUDA device to train on, or None without one."""
+    """(name, total GiB) of the CUDA device to train on, or None without a usable one
+    (none, or one this torch has no kernels for: :func:`cxrkit.utils.cuda_problem`)."""
     import torch
 
     if device is not None and torch.device(device).type != "cuda":
         return None
-    if not torch.cuda.is_available():
+    index = (torch.device(device).index if device is not None else None) or 0
+    if cuda_problem(index) is not None:
         return None
-    index = torch.device(device).index if device is not None else None
-    props = torch.cuda.get_device_properties(index or 0)
+    props = torch.cuda.get_device_properties(index)
     return str(props.name), props.total_memory / 2**30
 
 
@@ -212,7 +214,7 @@ def choose_profile(
         if gpu is None and device is not None:
             name, reason = "cpu", f"device {device} asked for"
         elif gpu is None:
-            name, reason = "cpu", "no CUDA device (torch.cuda.is_available() is False)"
+            name, reason = "cpu", cuda_problem() or "no usable CUDA device"
         else:
             name, reason = "gpu", f"CUDA device {gpu[0]}"
     else:

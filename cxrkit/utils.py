@@ -27,14 +27,16 @@ def seed_everything(seed: int = 42) -> None:
 
 
 def try_gpu(index: int = 0):
-    """Return ``cuda:index`` if a GPU is available, else the CPU (as d2l does).
+    """Return ``cuda:index`` if torch can compute on that GPU, else the CPU (as d2l does).
 
-    Choose the device once with this and pass it around; never write ``"cuda"``.
+    Choose the device once with this and pass it around; never write ``"cuda"``. A GPU
+    that this torch build has no kernels for (:func:`cuda_problem`) counts as none.
     """
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() > index:
-        return torch.device(f"cuda:{index}")
+        if cuda_problem(index) is None:
+            return torch.device(f"cuda:{index}")
     return torch.device("cpu")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cxrkit.train
+import cxrkit.utils
 from cxrkit import profiles
 from cxrkit.cli import main
 from cxrkit.train import TrainConfig, train_from_folder
@@ -32,10 +33,26 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(profiles, "KAGGLE_INPUT", tmp_path / "no-kaggle")
 
 
-def fake_gpu(monkeypatch, gib: float, name: str = "Tesla T4") -> None:
+def fake_gpu(
+    monkeypatch, gib: float, name: str = "Tesla T4", capability: tuple[int, int] = (7, 5)
+) -> None:
+    """A CUDA device as torch reports it, for a torch built for sm_75 and newer."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
     props = SimpleNamespace(name=name, total_memory=int(gib * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=0: props)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90"])
+
+
+def test_a_card_without_kernels_in_this_torch_gets_the_cpu_profile(monkeypatch, capsys):
+    """Kaggle's P100 (sm_60) under a torch built for sm_75+: is_available() is True,
+    but the first kernel would fail; the profile says so and trains on the CPU."""
+    fake_gpu(monkeypatch, 16, "Tesla P100-PCIE-16GB", capability=(6, 0))
+    profile = profiles.choose_profile()
+    assert profile.name == "cpu"
+    assert "sm_60" in capsys.readouterr().out
+    assert str(cxrkit.utils.try_gpu()) == "cpu"
 
 
 def test_cpu_profile_without_gpu_is_the_notebook_model(no_gpu, capsys):
@@ -44,7 +61,9 @@ def test_cpu_profile_without_gpu_is_the_notebook_model(no_gpu, capsys):
     assert {k: profile.settings()[k] for k in NOTEBOOK_CONSTANTS} == NOTEBOOK_CONSTANTS
     assert profile.weights is None and profile.amp is False
     out = capsys.readouterr().out
-    assert out.startswith("profile cpu: no CUDA device") and "cxr_small, 256 px" in out
+    first = out.splitlines()[0]
+    assert first.startswith("profile cpu: ") and ("no CUDA" in first or "CPU-only" in first)
+    assert "cxr_small, 256 px" in out
 
 
 def test_cpu_profile_counts_the_data_and_warns_for_a_large_set(no_gpu, tmp_path, capsys):
