@@ -36,7 +36,7 @@ from cxrkit._atomic import write_csv_atomic
 from cxrkit.checkpoints import load_checkpoint, require_kind, save_checkpoint, schedule_settings
 from cxrkit.distributed import barrier, broadcast_flag, dist_info, unwrap
 from cxrkit.engine import LossFn, detector_losses, evaluate, train_one_epoch
-from cxrkit.errors import ConfigError, ResumeError
+from cxrkit.errors import ConfigError, NonFiniteLossError, ResumeError
 from cxrkit.models import check_state_matches
 from cxrkit.transforms import reseed
 
@@ -396,6 +396,23 @@ def _save_epoch(
     print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f}{val} ({seconds:.0f} s)", flush=True)
 
 
+def _stop_if_weights_not_finite(model: nn.Module, epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` if the epoch's last update left a weight NaN or
+    infinite (its loss was still finite, the next one would not be): nothing of this
+    epoch is saved, so ``last.pt`` and ``best.pt`` keep finite weights. Every rank
+    holds the same weights under DDP, so every rank raises."""
+    state = unwrap(model).state_dict()
+    tensors = [t for t in state.values() if t.is_floating_point()]
+    if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        return
+    bad = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    raise NonFiniteLossError(
+        f"the weights are not finite after epoch {epoch} ({len(bad)} tensor(s), e.g. "
+        f"{bad[:3]}): the training diverged, and this epoch is not saved. Lower the learning "
+        "rate, add warmup or clip the gradients (max_grad_norm)"
+    )
+
+
 def _out_of_time(
     start: float,
     epoch_times: list[float],
@@ -502,6 +519,7 @@ def fit(
             print_freq=print_freq, warmup_iters=warmup_iters if epoch == 0 else 0,
             max_grad_norm=max_grad_norm, batch_losses=task.batch_losses,
         )  # fmt: skip
+        _stop_if_weights_not_finite(model, epoch + 1)
         scheduler.step()
         score = float("nan")
         if valid_loader is not None and info.is_main:
