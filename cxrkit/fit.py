@@ -34,7 +34,7 @@ from torch import nn
 
 from cxrkit._atomic import write_csv_atomic
 from cxrkit.checkpoints import load_checkpoint, require_kind, save_checkpoint, schedule_settings
-from cxrkit.distributed import barrier, broadcast_flag, dist_info, unwrap
+from cxrkit.distributed import any_rank, barrier, broadcast_flag, dist_info, unwrap
 from cxrkit.engine import LossFn, detector_losses, evaluate, train_one_epoch
 from cxrkit.errors import ConfigError, NonFiniteLossError, ResumeError
 from cxrkit.models import check_state_matches
@@ -396,20 +396,22 @@ def _save_epoch(
     print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f}{val} ({seconds:.0f} s)", flush=True)
 
 
-def _stop_if_weights_not_finite(model: nn.Module, epoch: int) -> None:
+def _stop_if_weights_not_finite(model: nn.Module, epoch: int, device: torch.device) -> None:
     """Raise :class:`NonFiniteLossError` if the epoch's last update left a weight NaN or
     infinite (its loss was still finite, the next one would not be): nothing of this
-    epoch is saved, so ``last.pt`` and ``best.pt`` keep finite weights. Every rank
-    holds the same weights under DDP, so every rank raises."""
+    epoch is saved, so ``last.pt`` and ``best.pt`` keep finite weights. Under DDP every
+    rank raises if any rank's weights (or BatchNorm statistics) are not finite."""
     state = unwrap(model).state_dict()
     tensors = [t for t in state.values() if t.is_floating_point()]
-    if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    if not any_rank(not finite, device):
         return
     bad = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    where = f"{len(bad)} tensor(s), e.g. {bad[:3]}" if bad else "on another rank"
     raise NonFiniteLossError(
-        f"the weights are not finite after epoch {epoch} ({len(bad)} tensor(s), e.g. "
-        f"{bad[:3]}): the training diverged, and this epoch is not saved. Lower the learning "
-        "rate, add warmup or clip the gradients (max_grad_norm)"
+        f"the weights are not finite after epoch {epoch} ({where}): the training diverged, "
+        "and this epoch is not saved. Lower the learning rate, add warmup or clip the "
+        "gradients (max_grad_norm)"
     )
 
 
@@ -519,7 +521,7 @@ def fit(
             print_freq=print_freq, warmup_iters=warmup_iters if epoch == 0 else 0,
             max_grad_norm=max_grad_norm, batch_losses=task.batch_losses,
         )  # fmt: skip
-        _stop_if_weights_not_finite(model, epoch + 1)
+        _stop_if_weights_not_finite(model, epoch + 1, device)
         scheduler.step()
         score = float("nan")
         if valid_loader is not None and info.is_main:
