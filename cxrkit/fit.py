@@ -432,6 +432,18 @@ def _out_of_time(
     return stop
 
 
+def _default_task(
+    valid_loader: Iterable | None,
+    valid_truth: pd.DataFrame | None,
+    valid_meta: pd.DataFrame | Mapping | None,
+) -> Task:
+    """The detection task, its truth and meta read (before any training) from the
+    validation loader's XrayDataset unless given (:class:`ConfigError` if neither)."""
+    if valid_loader is not None:
+        valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
+    return detection_task(valid_truth, valid_meta)
+
+
 def _run_settings(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -495,12 +507,9 @@ def fit(
     alone validates and writes.
     """
     start_time, info, out = time.monotonic(), dist_info(), Path(out_dir)
-    if task is None:
-        if valid_loader is not None:
-            valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
-        task = detection_task(valid_truth, valid_meta)
-    elif valid_truth is not None or valid_meta is not None:
+    if task is not None and (valid_truth is not None or valid_meta is not None):
         raise ConfigError("valid_truth= and valid_meta= are the detection task's: pass one task=")
+    task = task or _default_task(valid_loader, valid_truth, valid_meta)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     loop = {"seed": seed, "warmup_iters": warmup_iters, "max_grad_norm": max_grad_norm}
