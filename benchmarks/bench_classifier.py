@@ -6,7 +6,8 @@
     python benchmarks/bench_classifier.py --model resnet18 --size 224
 
 times a bare loop (below) against the epoch of :func:`cxrkit.classifier.train_classifier`
-(``train_epoch``: progress bar, Averager, the AMP switch) on the *same* model,
+(:func:`cxrkit.engine.train_one_epoch` with the classifier's batch losses: progress
+bar, Averager, the AMP switch, the non-finite-loss check) on the *same* model,
 batches and seeds: the model and optimizer states are restored before each timed
 run and the two alternate in ABBA order, so that drift and whichever runs second
 (measured: the second of two back-to-back runs is slower on a shared CPU) hit both. It prints the median time per
@@ -35,7 +36,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # a bar per run would flood the outp
 import torch
 from torch import nn
 
-from cxrkit.classifier import build_classifier, train_epoch
+from cxrkit.classifier import build_classifier, classifier_losses
+from cxrkit.engine import train_one_epoch
 
 
 def make_batches(n_batches: int, batch_size: int, size: int, seed: int = 0) -> list[tuple]:
@@ -77,6 +79,7 @@ def main() -> None:
     start_model = copy.deepcopy(model.state_dict())
     start_opt = copy.deepcopy(optimizer.state_dict())
     device = torch.device("cpu")
+    losses = classifier_losses(loss_fn)
 
     def reset() -> None:
         model.load_state_dict(start_model)
@@ -94,7 +97,7 @@ def main() -> None:
             if name == "bare":
                 bare_epoch(model, batches, optimizer, loss_fn)
             else:
-                train_epoch(model, batches, optimizer, loss_fn, device, None, 1)
+                train_one_epoch(model, optimizer, batches, device, 1, batch_losses=losses)
             times[name].append((time.perf_counter() - t0) / args.steps)
     bare = statistics.median(times["bare"])
     ours = statistics.median(times["cxrkit"])

@@ -11,18 +11,20 @@ all on this image? Its ``p_abnormal`` feeds :func:`cxrkit.postprocess.apply_clas
   fast on a CPU at 128-256 px) and torchvision's ``resnet18``, ``resnet50``,
   ``efficientnet_b0`` (``weights="DEFAULT"``: ImageNet, downloaded; a local file;
   ``None``), each with one output logit;
-* training (:func:`train_classifier`): the detector's run folder (``last.pt``,
-  ``best.pt``, ``history.csv``, ``split.csv``, a lock), its split or a fold of
-  :func:`cxrkit.data.fold_split`, epochs seeded from ``(seed, epoch)`` so that a
-  resume is exact, AMP on CUDA, ``best.pt`` by validation AUC; a fold run also
-  writes ``oof.csv`` (``image_id, p_abnormal`` of its validation images).
+* training (:func:`train_classifier`): the detector's run folder
+  (:mod:`cxrkit.runs`: ``last.pt``, ``best.pt``, ``history.csv``, ``split.csv``, a
+  lock), its split or a fold of :func:`cxrkit.data.fold_split`, and the detector's
+  loop, :func:`cxrkit.fit.fit`, given the classifier's loss and validation AUC
+  (:func:`classification_task`): exact resume, AMP on CUDA, warmup, clipping, a
+  time limit and a stop on a non-finite loss; ``best.pt`` by validation AUC. A fold
+  run also writes ``oof.csv`` (``image_id, p_abnormal, abnormal`` of its validation
+  images).
 
 Not done: DistributedDataParallel (one process trains; the detector has it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -41,23 +43,33 @@ from torch.utils.data import DataLoader, Dataset
 from cxrkit._atomic import write_csv_atomic
 from cxrkit._progress import tqdm
 from cxrkit.annotations import load_meta
-from cxrkit.checkpoints import load_checkpoint, require_kind, save_checkpoint
+from cxrkit.checkpoints import load_checkpoint, require_kind
 from cxrkit.data import check_fold, check_images_exist, read_png
 from cxrkit.distributed import DistInfo, dist_info
-from cxrkit.engine import Averager
-from cxrkit.errors import CheckpointError, DatasetError, UnsupportedError, WeightsError
-from cxrkit.fit import refuse_other_settings, seed_epoch
+from cxrkit.engine import LossFn
+from cxrkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    UnsupportedError,
+    WeightsError,
+)
+from cxrkit.fit import FitResult, Task, fit
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import roc_auc
-from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.models import check_finite, check_state_matches, read_weights_file
-from cxrkit.train import (
+from cxrkit.registry import CLASSIFIER_NAMES, ModelSpec, get_spec
+from cxrkit.runs import (
+    OOF_FILE,
+    SPLIT_FILE,
+    check_resume_settings,
     keep_split,
     prepare_run_folder,
     read_folder,
     read_training_table,
     run_folder_lock,
     run_split,
+    write_out_of_fold_table,
 )
 from cxrkit.utils import seed_everything, try_gpu
 
@@ -67,7 +79,9 @@ __all__ = [
     "ClassifierResult",
     "abnormal_labels",
     "build_classifier",
+    "classification_task",
     "classifier_from_checkpoint",
+    "classifier_losses",
     "classify",
     "pos_weight",
     "roc_auc",
@@ -99,16 +113,24 @@ class ClsSmall(nn.Sequential):
         super().__init__(*layers)
 
 
-def _head_name(name: str) -> str:
-    return "fc" if name.startswith("resnet") else "classifier.1"
+# Where each torchvision backbone keeps its last layer (the spec's ``backbone``).
+HEADS = {"resnet": "fc", "efficientnet": "classifier.1"}
 
 
-def _one_logit(model: nn.Module, name: str) -> nn.Module:
+def _head_name(spec: ModelSpec) -> str:
+    return HEADS[spec.backbone]
+
+
+def _one_logit(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """Replace a torchvision classifier's last layer by a single-logit one."""
-    if name.startswith("resnet"):
-        model.fc = nn.Linear(model.fc.in_features, 1)
-    else:  # efficientnet: classifier = Sequential(Dropout, Linear)
-        model.classifier[1] = nn.Linear(model.classifier[1].in_features, 1)
+    parent_name, _, attr = _head_name(spec).rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    last = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
+    new = nn.Linear(last.in_features, 1)
+    if attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
     return model
 
 
@@ -125,47 +147,60 @@ def _state_of_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _architecture(spec: ModelSpec, is_default: bool) -> nn.Module:
+    """The classifier of ``spec`` with one logit: random, or ImageNet weights (downloaded)."""
+    if spec.pretrained is None:
+        if is_default:
+            raise WeightsError(
+                f"{spec.name} has no published weights; use weights=None or a checkpoint path"
+            )
+        return ClsSmall()
+    builder = getattr(torchvision.models, spec.name)
+    if not is_default:
+        return _one_logit(builder(weights=None), spec)
+    try:
+        return _one_logit(builder(weights="DEFAULT"), spec)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise WeightsError(
+            f"could not get the {spec.pretrained} weights of {spec.name} ({type(exc).__name__}: "
+            f"{exc}); without internet, pass the path of a downloaded .pth file"
+        ) from exc
+
+
 def build_classifier(
     name: str = "cls_small", weights: str | os.PathLike | None = None
 ) -> nn.Module:
     """A normal/abnormal classifier with one output logit (``sigmoid`` = ``p_abnormal``).
 
-    ``weights``: ``None`` (random), ``"DEFAULT"`` (torchvision's ImageNet weights,
-    downloaded; not for ``cls_small``) or a local file: a classifier checkpoint or a
-    state_dict, read with ``weights_only=True``; an ImageNet head (1000 outputs) in
-    the file is replaced by a fresh one-logit head.
+    Args:
+        name: a classifier of the registry (:data:`CLASSIFIER_NAMES`).
+        weights: ``None`` (random), ``"DEFAULT"`` (the spec's published ImageNet
+            weights, downloaded; ``cls_small`` has none) or a local file: a classifier
+            checkpoint or a state_dict, read with ``weights_only=True``; an ImageNet
+            head (1000 outputs) in the file is replaced by a fresh one-logit head.
     """
-    if name not in CLASSIFIER_NAMES:
-        raise ValueError(f"unknown classifier {name!r}; choose one of {list(CLASSIFIER_NAMES)}")
+    spec = get_spec(name, "classifier")
     is_default = isinstance(weights, str) and weights.upper() == "DEFAULT"
-    if name == "cls_small":
-        if is_default:
-            raise WeightsError(
-                "cls_small has no published weights; use weights=None or a checkpoint path"
-            )
-        model: nn.Module = ClsSmall()
-    elif is_default:
-        try:
-            model = _one_logit(getattr(torchvision.models, name)(weights="DEFAULT"), name)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise WeightsError(
-                f"could not get the ImageNet weights of {name} ({type(exc).__name__}: {exc}); "
-                "without internet, pass the path of a downloaded .pth file"
-            ) from exc
-    else:
-        model = _one_logit(getattr(torchvision.models, name)(weights=None), name)
+    model = _architecture(spec, is_default)
     if weights is not None and not is_default:
         path = Path(weights)
         state = _state_of_file(path)
-        head = f"{_head_name(name)}.weight"
-        if head in state and state[head].shape[0] != 1:  # an ImageNet file: keep our head
-            own = model.state_dict()
-            state = {k: v for k, v in state.items() if not k.startswith(_head_name(name))}
-            state.update({k: v for k, v in own.items() if k.startswith(_head_name(name))})
+        head = _head_name(spec) if spec.backbone in HEADS else None
+        if head and f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != 1:
+            own = model.state_dict()  # an ImageNet file: keep our one-logit head
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
+            state.update({k: v for k, v in own.items() if k.startswith(head)})
         check_state_matches(model, state, path, repr(name))
         model.load_state_dict(state)
     model.cxrkit_config = {"name": name, "num_classes": 1, "kind": "classifier"}  # type: ignore[attr-defined]
     return model
+
+
+def build_classifier_from_spec(
+    spec: ModelSpec, weights: str | os.PathLike | None = None, **options: Any
+) -> nn.Module:
+    """The registry's builder of every classifier: :func:`build_classifier` by spec."""
+    return build_classifier(spec.name, weights)
 
 
 def classifier_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
@@ -176,7 +211,9 @@ def classifier_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
     require_kind(ckpt, "classifier", path)
     name = ckpt.get("model_name")
     if name not in CLASSIFIER_NAMES:
-        raise CheckpointError(f"checkpoint {path} names an unknown classifier {name!r}")
+        raise CheckpointError(
+            f"checkpoint {path} names an unknown classifier {name!r}; known: {list(CLASSIFIER_NAMES)}"
+        )
     model = build_classifier(name)
     check_state_matches(model, ckpt["model"], path, repr(name))
     model.load_state_dict(ckpt["model"])
@@ -268,69 +305,34 @@ class ClassifierConfig:
     num_workers: int = 0
     folds: int | None = None
     fold: int | None = None
+    warmup_iters: int = 0  # iterations of linear warmup at the start (cxrkit.engine.LinearWarmup)
+    max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping)
 
     def checked(self) -> ClassifierConfig:
-        if self.model_name not in CLASSIFIER_NAMES:
-            raise ValueError(
-                f"unknown classifier {self.model_name!r}; choose one of {list(CLASSIFIER_NAMES)}"
-            )
+        """This config with a known model and a possible fold (ConfigError, FoldError)."""
+        get_spec(self.model_name, "classifier")  # ConfigError naming the classifiers
         check_fold(self.folds, self.fold)
         return replace(self, weights=None if self.weights is None else str(self.weights))
 
 
-@dataclass
-class ClassifierResult:
-    """What :func:`train_classifier` did."""
-
-    out_dir: Path
-    epochs_done: int
-    best_auc: float | None
-    best_epoch: int | None
-    history: pd.DataFrame
-
-    @property
-    def best(self) -> Path:
-        return self.out_dir / "best.pt"
-
-    def __str__(self) -> str:
-        best = "n/a" if self.best_auc is None else f"{self.best_auc:.4f} (epoch {self.best_epoch})"
-        return f"trained {self.epochs_done} epoch(s); best validation AUC {best}; files in {self.out_dir}"
+# A classifier run's result is fit's: ``best_auc``, ``best_epoch``, ``epochs_done``,
+# ``history``, ``best``, ``out_dir``; ``str()`` says "best validation AUC ...".
+ClassifierResult = FitResult
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
-    scaler: torch.amp.GradScaler | None,
-    epoch: int,
-) -> float:
-    """One pass; the mean loss (:class:`cxrkit.engine.Averager`), a progress bar."""
-    model.train()
-    loss_avg = Averager()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if scaler is not None
-        else contextlib.nullcontext()  # not even a disabled autocast on the CPU
-    )
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-    for images, labels, _ in bar:
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        with autocast:
-            loss = loss_fn(model(images).squeeze(1).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        loss_avg.send(float(loss.detach()))
-        bar.set_postfix(loss=f"{loss_avg.value:.4f}")
-    bar.close()
-    return loss_avg.value
+def classifier_losses(loss_fn: nn.Module) -> LossFn:
+    """The classifier's loss on a batch ``(images, labels, image_ids)``: ``loss_fn`` of the
+    one logit per image and the 0/1 label, as ``{"loss_bce": loss}`` (what
+    :func:`cxrkit.engine.train_one_epoch` minimises)."""
+
+    def batch_losses(
+        model: nn.Module, batch: Sequence[Any], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        images, labels, _ = batch
+        logits = model(images.to(device, non_blocking=True)).squeeze(1).float()
+        return {"loss_bce": loss_fn(logits, labels.to(device))}
+
+    return batch_losses
 
 
 @torch.inference_mode()
@@ -348,6 +350,18 @@ def predict_probabilities(
     return pd.DataFrame({"image_id": ids, "p_abnormal": p})
 
 
+def classification_task(loss_fn: nn.Module, labels: pd.Series) -> Task:
+    """The classifier's :class:`cxrkit.fit.Task`: :func:`classifier_losses` of ``loss_fn``,
+    validated by the AUC of ``p_abnormal`` against ``labels`` (0/1 by image_id); the
+    history column is ``val_auc``, the checkpoints' key ``best_auc``."""
+
+    def validation_auc(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+        probs = predict_probabilities(model, loader, device)
+        return roc_auc(labels[probs["image_id"]].to_numpy(), probs["p_abnormal"])
+
+    return Task(classifier_losses(loss_fn), validation_auc, metric="auc", metric_label="AUC")
+
+
 def _loader(dataset: Dataset, cfg: ClassifierConfig, shuffle: bool) -> DataLoader:
     generator = torch.Generator()
     generator.manual_seed(cfg.seed)
@@ -361,56 +375,39 @@ def _loader(dataset: Dataset, cfg: ClassifierConfig, shuffle: bool) -> DataLoade
     )
 
 
+@dataclass(frozen=True)
+class _RunData:
+    """What a classifier run trains and validates on, read from the folder and table."""
+
+    image_dir: Path
+    labels: pd.Series
+    train_ids: list[str]
+    valid_ids: list[str]
+
+
 def _prepare_run(
     cfg: ClassifierConfig,
     out: Path,
     data_dir: str | os.PathLike,
     annotations_csv: str | os.PathLike,
     resume: bool,
-) -> tuple[Path, pd.Series, tuple[list[str], list[str]], dict[str, Any]]:
+) -> tuple[_RunData, dict[str, Any]]:
     """Read the folder and table, split (or fold) them, check a resume's settings and
-    keep ``split.csv``. Returns the PNG folder, the labels, the split and the settings."""
+    keep ``split.csv``. Returns the run's data and its settings (the ``config`` of
+    its checkpoints)."""
     image_dir, meta = read_folder(Path(data_dir))
     table = read_training_table(annotations_csv, meta)
     labels = abnormal_labels(table)
     train_ids, valid_ids = run_split(table, cfg)
     check_images_exist(image_dir, [*train_ids, *valid_ids])
-    last = out / "last.pt"
     # the schedule's length too: a resume with other epochs would bend the cosine
     schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
-    settings_now = {**asdict(cfg), **schedule, "kind": "classifier"}
-    if resume and last.is_file():
-        saved = load_checkpoint(last)
-        require_kind(saved, "classifier", last)
-        refuse_other_settings(last, saved.get("config") or {}, settings_now, cfg.epochs)
+    run_config = {**asdict(cfg), **schedule, "kind": "classifier"}
+    if resume:  # the settings first: a new seed or fold is named, not the split it changes
+        check_resume_settings(out, "classifier", run_config, cfg.epochs)
     out.mkdir(parents=True, exist_ok=True)
-    keep_split(out / "split.csv", train_ids, valid_ids, resume, True)
-    return image_dir, labels, (train_ids, valid_ids), settings_now
-
-
-def _restore(
-    last: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    device: torch.device,
-) -> tuple[int, float | None, int | None, list[dict[str, Any]]]:
-    """Load ``last.pt`` into the training objects; the epoch done, the best AUC and
-    its epoch, and the history rows up to that epoch."""
-    ckpt = load_checkpoint(last, map_location=device)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    start = int(ckpt["epoch"])
-    history: list[dict[str, Any]] = []
-    if (last.parent / "history.csv").is_file():
-        old = pd.read_csv(last.parent / "history.csv")
-        history = old[old["epoch"] <= start].to_dict("records")
-    print(f"resuming from {last} after epoch {start}")
-    return start, ckpt.get("best_auc"), ckpt.get("best_epoch"), history
+    keep_split(out / SPLIT_FILE, train_ids, valid_ids, resume, True)
+    return _RunData(image_dir, labels, train_ids, valid_ids), run_config
 
 
 def _refuse_torchrun() -> None:
@@ -423,36 +420,50 @@ def _refuse_torchrun() -> None:
         )
 
 
-def _epoch_row(
-    model: nn.Module,
-    loaders: tuple[DataLoader, DataLoader],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    loss_fn: nn.Module,
-    scaler: Any,
-    labels: pd.Series,
-    device: torch.device,
-    epoch: int,
-) -> dict[str, Any]:
-    """Train one epoch (0-based ``epoch``), step the schedule, validate: the history row."""
-    t0 = time.monotonic()
-    train_loader, valid_loader = loaders
-    lr_now = optimizer.param_groups[0]["lr"]
-    loss = train_epoch(model, train_loader, optimizer, loss_fn, device, scaler, epoch + 1)
-    scheduler.step()
-    probs = predict_probabilities(model, valid_loader, device)
-    auc = roc_auc(labels[probs["image_id"]].to_numpy(), probs["p_abnormal"])
-    seconds = time.monotonic() - t0
-    return {"epoch": epoch + 1, "loss": loss, "lr": lr_now, "val_auc": auc, "seconds": seconds}
-
-
 def _write_out_of_fold(
-    out: Path, valid_loader: DataLoader, labels: pd.Series, device: torch.device
+    out: Path, valid_loader: DataLoader, data: _RunData, device: torch.device
 ) -> None:
     """A fold run's ``oof.csv``: ``best.pt``'s p_abnormal of each held-out image."""
     best = classifier_from_checkpoint(out / "best.pt").to(device)
     oof = predict_probabilities(best, valid_loader, device)
-    write_csv_atomic(oof.assign(abnormal=labels[oof["image_id"]].to_numpy()), out / "oof.csv")
+    table = oof.assign(abnormal=data.labels[oof["image_id"]].to_numpy())
+    write_out_of_fold_table(table, out / OOF_FILE, data.valid_ids)
+
+
+def _fit_classifier(
+    cfg: ClassifierConfig,
+    data: _RunData,
+    out: Path,
+    run_config: dict[str, Any],
+    device: torch.device,
+    resume: bool,
+    max_minutes: float | None,
+) -> FitResult:
+    """Build the loaders, model, AdamW, cosine schedule and weighted loss; train with
+    :func:`cxrkit.fit.fit`; write a fold run's ``oof.csv``."""
+    labels, train_ids = data.labels, data.train_ids
+    weight = pos_weight(labels[train_ids].to_numpy())
+    print(
+        f"training classifier {cfg.model_name} on {len(train_ids)} images "
+        f"({int(labels[train_ids].sum())} abnormal, pos_weight {weight:.2f}), validating "
+        f"on {len(data.valid_ids)} ({cfg.size} px, batch {cfg.batch_size}, device {device})"
+    )
+    train_ds = ClassifierDataset(data.image_dir, train_ids, labels, cfg.size, augment=True)
+    valid_ds = ClassifierDataset(data.image_dir, data.valid_ids, labels, cfg.size)
+    train_loader, valid_loader = _loader(train_ds, cfg, True), _loader(valid_ds, cfg, False)
+    model = build_classifier(cfg.model_name, cfg.weights).to(device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
+    result = fit(
+        model, train_loader, valid_loader, out, cfg.epochs, device, optimizer, scheduler,
+        task=classification_task(loss_fn, labels), resume=resume, seed=cfg.seed,
+        warmup_iters=cfg.warmup_iters, max_grad_norm=cfg.max_grad_norm,
+        max_minutes=max_minutes, config={**run_config, "pos_weight": weight},
+    )  # fmt: skip
+    if cfg.folds is not None and result.best.is_file():
+        _write_out_of_fold(out, valid_loader, data, device)
+    return result
 
 
 def train_classifier(
@@ -463,17 +474,27 @@ def train_classifier(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    max_minutes: float | None = None,
     **settings: Any,
-) -> ClassifierResult:
+) -> FitResult:
     """Train a normal/abnormal classifier: what ``python -m cxrkit train-classifier`` runs.
 
     Same inputs and run folder as :func:`cxrkit.train.train_from_folder` (its split or
-    fold, ``split.csv``, lock, ``--resume`` / ``--overwrite`` rules). AdamW with a
+    fold, ``split.csv``, lock, ``--resume`` / ``--overwrite`` rules), and the same
+    loop, :func:`cxrkit.fit.fit`, with :func:`classification_task`: AdamW with a
     cosine schedule, ``BCEWithLogitsLoss(pos_weight=negatives/positives)``
-    (:func:`pos_weight`), ``best.pt`` where the validation AUC is highest. A resume
-    with other settings is a :class:`cxrkit.errors.ResumeError`; one with the same
-    settings ends with the same weights as an uninterrupted run (CPU).
+    (:func:`pos_weight`), ``best.pt`` where the validation AUC is highest, an
+    optional warmup (``warmup_iters``) and gradient clipping (``max_grad_norm``).
+    A NaN or infinite loss stops the run (:class:`cxrkit.errors.NonFiniteLossError`).
+    A resume with other settings is a :class:`cxrkit.errors.ResumeError`; one with the
+    same settings ends with the same weights as an uninterrupted run (CPU).
+    ``max_minutes`` bounds the whole run: it stops before an epoch that would end later.
+
+    Returns:
+        fit's :class:`cxrkit.fit.FitResult` (``ClassifierResult``): ``best_auc``,
+        ``best_epoch``, ``epochs_done``, ``history`` (``val_auc``), ``best``.
     """
+    t_start = time.monotonic()
     cfg = replace(config or ClassifierConfig(), **settings).checked()
     out = Path(out_dir)
     _refuse_torchrun()
@@ -482,59 +503,10 @@ def train_classifier(
     with run_folder_lock(out, info, device):
         prepare_run_folder(out, resume, overwrite, info)
         seed_everything(cfg.seed)
-        image_dir, labels, (train_ids, valid_ids), settings_now = _prepare_run(
-            cfg, out, data_dir, annotations_csv, resume
-        )
-        last = out / "last.pt"
-        weight = pos_weight(labels[train_ids].to_numpy())
-        print(
-            f"training classifier {cfg.model_name} on {len(train_ids)} images "
-            f"({int(labels[train_ids].sum())} abnormal, pos_weight {weight:.2f}), validating "
-            f"on {len(valid_ids)} ({cfg.size} px, batch {cfg.batch_size}, device {device})"
-        )
-        train_loader = _loader(
-            ClassifierDataset(image_dir, train_ids, labels, cfg.size, augment=True), cfg, True
-        )
-        valid_loader = _loader(
-            ClassifierDataset(image_dir, valid_ids, labels, cfg.size), cfg, False
-        )
-        model = build_classifier(cfg.model_name, cfg.weights).to(device)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
-        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-        start, best_auc, best_epoch, history = 0, None, None, []
-        if resume and last.is_file():
-            start, best_auc, best_epoch, history = _restore(
-                last, model, optimizer, scheduler, scaler, device
-            )
-        for epoch in range(start, cfg.epochs):
-            seed_epoch(train_loader, cfg.seed, epoch)
-            row = _epoch_row(
-                model, (train_loader, valid_loader), optimizer, scheduler, loss_fn, scaler, labels,
-                device, epoch,
-            )  # fmt: skip
-            history.append(row)
-            loss, auc, seconds = row["loss"], row["val_auc"], row["seconds"]
-            improved = best_auc is None or (np.isfinite(auc) and auc > best_auc)
-            if improved:
-                best_auc, best_epoch = (auc if np.isfinite(auc) else None), epoch + 1
-            extra = {"best_auc": best_auc, "best_epoch": best_epoch, "pos_weight": weight}
-            if scaler is not None:
-                extra["scaler"] = scaler.state_dict()
-            for path in (last, out / "best.pt") if improved else (last,):
-                save_checkpoint(
-                    path, model, optimizer, scheduler, epoch + 1, config=settings_now, **extra
-                )
-            write_csv_atomic(pd.DataFrame(history), out / "history.csv")
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} val AUC {auc:.4f} ({seconds:.0f} s)",
-                flush=True,
-            )
-        if cfg.folds is not None and (out / "best.pt").is_file():
-            _write_out_of_fold(out, valid_loader, labels, device)
-    done = int(history[-1]["epoch"]) if history else start
-    return ClassifierResult(out, done, best_auc, best_epoch, pd.DataFrame(history))
+        data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
+        elapsed = (time.monotonic() - t_start) / 60
+        budget = None if max_minutes is None else max_minutes - elapsed
+        return _fit_classifier(cfg, data, out, run_config, device, resume, budget)
 
 
 # ------------------------------------------------------------------------ classify
@@ -551,7 +523,7 @@ def classify(
     A detector's checkpoint is a :class:`CheckpointError` before any image is read.
     """
     if not checkpoints:
-        raise ValueError("classify needs at least one checkpoint")
+        raise ConfigError("classify needs at least one checkpoint")
     models = [classifier_from_checkpoint(c) for c in checkpoints]  # all checked first
     data = Path(data_dir)
     meta_path = data / f"{split}_meta.csv"

@@ -33,8 +33,8 @@ from cxrkit.config import (
     typed_settings,
 )
 from cxrkit.errors import CxrkitError, OverwriteError
-from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.profiles import PROFILE_NAMES, choose_profile
+from cxrkit.registry import CLASSIFIER_NAMES
 
 # Only light modules load here (the standard library underneath). Each command
 # imports what it needs: the DICOM code (pydicom, OpenCV), pandas and torch load only
@@ -136,6 +136,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
         fold=args.fold,
         resume=args.resume,
         overwrite=args.overwrite,
+        max_minutes=args.max_minutes,
     )
     print(result)
     return 0
@@ -408,6 +409,10 @@ def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="random seed of the split and training")
     _add_workers_option(p)
+    p.add_argument(
+        "--max-minutes", type=positive_float, default=None,
+        help="stop before an epoch that would end later (default: no limit)",
+    )  # fmt: skip
     _add_fold_options(p)
     p.set_defaults(func=_cmd_train_classifier, command_parser=p)
 

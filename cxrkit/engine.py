@@ -1,17 +1,22 @@
 """The loops: train one epoch, evaluate, predict (notebook 04 trains, 05 and 06 predict).
 
 Names and signatures follow torchvision's ``references/detection/engine.py``; the
-seed notebook's bare loop grew a progress bar, AMP on a GPU, a linear warmup and
-a stop on a non-finite loss on every rank at once. Epochs, checkpoints and resume
-are :mod:`cxrkit.fit`; the command line's runs are :mod:`cxrkit.train`.
+seed notebook's bare loop grew a progress bar, AMP on a GPU, a linear warmup,
+gradient clipping and a stop on a non-finite loss on every rank at once.
+
+:func:`train_one_epoch` trains any model: what differs between a detector and the
+normal/abnormal classifier is how a batch becomes losses (``batch_losses``:
+:func:`detector_losses` by default, :func:`cxrkit.classifier.classifier_losses`),
+so this is the one place where cxrkit calls ``backward``. Epochs, checkpoints and
+resume are :mod:`cxrkit.fit`; the command line's runs are :mod:`cxrkit.train`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -23,7 +28,7 @@ from cxrkit._progress import tqdm
 from cxrkit.annotations import load_meta, rescale_boxes
 from cxrkit.data import collate_fn
 from cxrkit.distributed import any_rank, dist_info, gather_objects, unwrap
-from cxrkit.errors import NonFiniteLossError
+from cxrkit.errors import DatasetError, NonFiniteLossError
 from cxrkit.formats import BOX_COLUMNS, PREDICTION_COLUMNS, image_sizes
 from cxrkit.labels import from_model_labels
 from cxrkit.metrics import vinbigdata_map
@@ -75,6 +80,25 @@ def _images_and_ids(batch: Sequence[Sequence[Any]]) -> tuple[Sequence[torch.Tens
     if len(batch) >= 3 and batch[1] and isinstance(batch[1][0], Mapping):
         return images, [str(i) for i in batch[2]]
     return images, [str(i) for i in batch[1]]
+
+
+# ------------------------------------------------------------------------- losses
+# A batch is ``(inputs, targets, image_ids)``, as both cxrkit's detection loaders
+# (collate_fn) and the classifier's loader yield it.
+Batch: TypeAlias = Sequence[Any]
+# How a model's losses on one batch are computed: (model, batch, device) -> named
+# losses, whose sum is minimised.
+LossFn: TypeAlias = Callable[[nn.Module, Batch, torch.device], Mapping[str, torch.Tensor]]
+
+
+def detector_losses(
+    model: nn.Module, batch: Batch, device: torch.device
+) -> Mapping[str, torch.Tensor]:
+    """A torchvision detector's losses on ``(images, targets, image_ids)``: in train
+    mode the model itself returns them (``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg``)."""
+    images, targets, _ = batch
+    return model(_to_device(images, device), _targets_to_device(targets, device))
 
 
 # ------------------------------------------------------------------- train one epoch
@@ -141,7 +165,10 @@ def _backward_step(
     scaler: torch.amp.GradScaler | None,
     max_grad_norm: float | None,
 ) -> None:
-    """zero_grad, backward, optional gradient clipping, optimizer step (scaled under AMP)."""
+    """zero_grad, backward, optional gradient clipping, optimizer step (scaled under AMP).
+
+    The only ``backward`` in cxrkit: every model trains through this step.
+    """
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(losses).backward()
@@ -169,15 +196,18 @@ def train_one_epoch(
     warmup_iters: int = 0,
     warmup_factor: float = 0.001,
     max_grad_norm: float | None = None,
+    batch_losses: LossFn = detector_losses,
 ) -> dict[str, float]:
-    """Train for one pass over ``data_loader``; return the mean of each loss.
+    """Train for one pass over ``data_loader``; return the mean of the total loss
+    (``"loss"``) and, when there are several, of each of its parts.
 
-    ``scaler`` (a ``torch.amp.GradScaler``, CUDA only) turns on mixed precision
-    (float16 autocast, about twice the throughput). ``print_freq`` also prints the
-    running losses every that many iterations. ``warmup_iters`` raises the rate
-    linearly from ``warmup_factor * lr`` over the first iterations
-    (:class:`LinearWarmup`): large updates on random initial weights make a
-    detector's loss explode. ``max_grad_norm`` clips the gradient norm.
+    ``batch_losses`` turns a batch into named losses (:func:`detector_losses` by
+    default); their sum is minimised. ``scaler`` (a ``torch.amp.GradScaler``, CUDA
+    only) turns on mixed precision (float16 autocast, about twice the throughput).
+    ``print_freq`` also prints the running losses every that many iterations.
+    ``warmup_iters`` raises the rate linearly from ``warmup_factor * lr`` over the
+    first iterations (:class:`LinearWarmup`): large updates on random initial
+    weights make a detector's loss explode. ``max_grad_norm`` clips the gradient norm.
 
     Raises :class:`cxrkit.errors.NonFiniteLossError` (a ``FloatingPointError``)
     naming the epoch, the iteration, the images and every loss as soon as the total
@@ -192,15 +222,13 @@ def train_one_epoch(
     warmup = LinearWarmup(optimizer, warmup_iters, warmup_factor) if warmup_iters > 0 else None
 
     bar = tqdm(data_loader, total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-    for i, (images, targets, image_ids) in enumerate(bar):
-        images = _to_device(images, device)
-        targets = _targets_to_device(targets, device)
+    for i, batch in enumerate(bar):
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            loss_dict = model(images, targets)
+            loss_dict = batch_losses(model, batch, device)
             losses = sum(loss_dict.values())
         loss_value = float(losses.detach())
         where = f"epoch {epoch}, iteration {i}"  # every rank stops if one loss is NaN/inf:
-        _stop_if_not_finite(loss_value, loss_dict, where, image_ids, device)
+        _stop_if_not_finite(loss_value, loss_dict, where, batch[-1], device)
         _backward_step(model, optimizer, losses, scaler if use_amp else None, max_grad_norm)
         if warmup is not None:
             warmup.step()
@@ -215,7 +243,9 @@ def train_one_epoch(
     bar.close()
     while warmup is not None and warmup.last_epoch < warmup_iters:  # a loader without len()
         warmup.step()  # shorter than the warmup still ends at the full rate
-    return {"loss": loss_hist.value, **{k: a.value for k, a in per_loss.items()}}
+    # the parts' means, when the loss has several (a single one is the total itself)
+    part_means = {k: a.value for k, a in per_loss.items()} if len(per_loss) > 1 else {}
+    return {"loss": loss_hist.value, **part_means}
 
 
 # ------------------------------------------------------------------------ predicting
@@ -277,7 +307,7 @@ def predictions_to_frame(
             continue
         if meta is not None:
             if image_id not in sizes:
-                raise ValueError(f"image {image_id!r} has no row in the meta table (dim0, dim1)")
+                raise DatasetError(f"image {image_id!r} has no row in the meta table (dim0, dim1)")
             boxes = rescale_boxes(boxes, hw, sizes[image_id])
         labels = torch.as_tensor(out["labels"]).cpu().numpy().astype(np.int64)
         scores = torch.as_tensor(out["scores"]).cpu().double().numpy()

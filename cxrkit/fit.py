@@ -1,9 +1,19 @@
 """Epochs, checkpoints and an exact resume around the loops (notebook 04, sections 3-5).
 
-:func:`fit` takes an optimizer and scheduler built by the caller
-(:func:`make_optimizer`, :func:`make_scheduler`: the seed's SGD recipe), validates
-each epoch with mAP@0.4, and writes ``last.pt``, ``best.pt`` and ``history.csv``.
-A resume must be the same run: its saved ``config`` is compared field by field.
+:func:`fit` trains any model the same way; a :class:`Task` says what differs:
+
+* how a batch becomes losses (``batch_losses``, summed and minimised by
+  :func:`cxrkit.engine.train_one_epoch`, the one training step);
+* how the model is scored on the validation images (``validate``, higher is better),
+  and that score's name (``metric``: the ``val_<metric>`` column of ``history.csv``,
+  the ``best_<metric>`` of the checkpoints).
+
+The detector's task (:func:`detection_task`, the default) scores mAP@0.4; the
+classifier's (:func:`cxrkit.classifier.classification_task`) the AUC. ``fit`` takes
+an optimizer and scheduler built by the caller (:func:`make_optimizer`,
+:func:`make_scheduler`: the seed's SGD recipe) and writes ``last.pt``, ``best.pt``
+and ``history.csv``. A resume must be the same run: its saved ``config`` is
+compared field by field.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,15 +33,11 @@ import torch
 from torch import nn
 
 from cxrkit._atomic import write_csv_atomic
-from cxrkit.checkpoints import (
-    load_checkpoint,
-    load_into_model,
-    save_checkpoint,
-    schedule_settings,
-)
-from cxrkit.distributed import barrier, broadcast_flag, dist_info
-from cxrkit.engine import evaluate, train_one_epoch
-from cxrkit.errors import ResumeError
+from cxrkit.checkpoints import load_checkpoint, require_kind, save_checkpoint, schedule_settings
+from cxrkit.distributed import any_rank, barrier, broadcast_flag, dist_info, unwrap
+from cxrkit.engine import LossFn, detector_losses, evaluate, train_one_epoch
+from cxrkit.errors import ConfigError, NonFiniteLossError, ResumeError
+from cxrkit.models import check_state_matches
 from cxrkit.transforms import reseed
 
 # Settings a resumed run may change: paths (folders get moved), the number of
@@ -42,16 +48,92 @@ FREE_SETTINGS = frozenset(
 )
 
 
+# --------------------------------------------------------------------------- task
+@dataclass(frozen=True)
+class Task:
+    """What :func:`fit` needs to know about the kind of model it trains.
+
+    Attributes:
+        batch_losses: ``(model, batch, device) -> {name: loss}`` for one batch
+            ``(inputs, targets, image_ids)``; the sum of the losses is minimised.
+        validate: ``(model, valid_loader, device) -> score`` on the validation
+            images; the epoch with the highest score is ``best.pt``.
+        metric: the score's short name: ``"map"``, ``"auc"``. The history column
+            is ``val_<metric>``, the checkpoints' key ``best_<metric>``.
+        metric_label: how the score is printed: ``"mAP@0.4"``, ``"AUC"``.
+    """
+
+    batch_losses: LossFn
+    validate: Callable[[nn.Module, Iterable, torch.device], float]
+    metric: str
+    metric_label: str
+
+    @property
+    def history_column(self) -> str:
+        """The column of ``history.csv`` with each epoch's validation score."""
+        return f"val_{self.metric}"
+
+    @property
+    def best_key(self) -> str:
+        """The checkpoints' key of the best validation score so far."""
+        return f"best_{self.metric}"
+
+
+def detection_task(
+    valid_truth: pd.DataFrame | None = None,
+    valid_meta: pd.DataFrame | Mapping | None = None,
+    iou_thr: float = 0.4,
+) -> Task:
+    """The detector's task: torchvision's loss dict, validated by mAP@``iou_thr``.
+
+    Args:
+        valid_truth: the validation images' boxes (train.csv columns, original pixels).
+        valid_meta: their meta table (``dim0``, ``dim1``: boxes go back to original pixels).
+        iou_thr: the IoU at which a box counts as found (0.4: the competition's).
+    """
+
+    def validate(model: nn.Module, loader: Iterable, device: torch.device) -> float:
+        truth, meta = _truth_and_meta(loader, valid_truth, valid_meta)
+        return float(evaluate(model, loader, device, truth, meta, iou_thr=iou_thr)["map"])
+
+    label = "mAP@0.4" if iou_thr == 0.4 else f"mAP@{iou_thr:g}"
+    return Task(detector_losses, validate, metric="map", metric_label=label)
+
+
+def _truth_and_meta(
+    loader: Any, truth: pd.DataFrame | None, meta: pd.DataFrame | Mapping | None
+) -> tuple[pd.DataFrame, pd.DataFrame | Mapping]:
+    """Validation truth and meta: given, or read back from an XrayDataset."""
+    ds = getattr(loader, "dataset", None)
+    if meta is None and isinstance(getattr(ds, "meta", None), pd.DataFrame):
+        meta = ds.meta.rename_axis("image_id").reset_index()
+    if truth is None and callable(getattr(ds, "truth_table", None)):
+        truth = ds.truth_table()
+    if truth is None or meta is None:
+        raise ConfigError(
+            "fit needs the validation truth (train.csv columns, original pixels) and the meta "
+            "table: pass valid_truth= and valid_meta=, or use a cxrkit.data.XrayDataset"
+        )
+    return truth, meta
+
+
+# ------------------------------------------------------------------------- result
 @dataclass
 class FitResult:
-    """What :func:`fit` did: where the files are and the best validation mAP."""
+    """What :func:`fit` did: where the files are and the best validation score.
+
+    ``best_score`` is the task's metric (``metric``), also readable by its name:
+    ``best_map`` for a detector, ``best_auc`` for a classifier.
+    """
 
     out_dir: Path
     epochs_done: int
-    best_map: float | None
+    best_score: float | None
     best_epoch: int | None
     history: pd.DataFrame = field(repr=False)
     stopped_early: bool = False
+    metric: str = "map"
+    metric_label: str = "mAP@0.4"
 
     @property
     def last(self) -> Path:
@@ -61,10 +143,32 @@ class FitResult:
     def best(self) -> Path:
         return self.out_dir / "best.pt"
 
+    @property
+    def best_map(self) -> float | None:
+        """The best validation mAP of a detector run."""
+        return self._best("map")
+
+    @property
+    def best_auc(self) -> float | None:
+        """The best validation AUC of a classifier run."""
+        return self._best("auc")
+
+    def _best(self, metric: str) -> float | None:
+        if self.metric != metric:
+            raise AttributeError(
+                f"this run was validated by {self.metric!r}, not {metric!r}: use best_score"
+            )
+        return self.best_score
+
     def __str__(self) -> str:
-        best = "n/a" if self.best_map is None else f"{self.best_map:.4f} (epoch {self.best_epoch})"
+        best = (
+            "n/a" if self.best_score is None else f"{self.best_score:.4f} (epoch {self.best_epoch})"
+        )
         stop = " (stopped by the time limit)" if self.stopped_early else ""
-        return f"trained {self.epochs_done} epoch(s){stop}; best validation mAP@0.4 {best}; files in {self.out_dir}"
+        return (
+            f"trained {self.epochs_done} epoch(s){stop}; best validation {self.metric_label} "
+            f"{best}; files in {self.out_dir}"
+        )
 
 
 # ------------------------------------------------------------------------ seeding
@@ -125,7 +229,7 @@ def make_scheduler(
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    raise ValueError(f"schedule must be 'step' or 'cosine', got {schedule!r}")
+    raise ConfigError(f"schedule must be 'step' or 'cosine', got {schedule!r}")
 
 
 # ------------------------------------------------------------------------- resume
@@ -189,10 +293,10 @@ def refuse_other_settings(
 
 @dataclass
 class _RunState:
-    """Where a run stands: epochs done, best validation mAP so far, history rows."""
+    """Where a run stands: epochs done, best validation score so far, history rows."""
 
     epochs_done: int = 0
-    best_map: float | None = None
+    best_score: float | None = None
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -206,11 +310,21 @@ class _Parts(NamedTuple):
     scaler: torch.amp.GradScaler | None
 
 
+def _load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> None:
+    """Put a checkpoint's weights into ``model``: the same kind of model (detector or
+    classifier, :class:`cxrkit.errors.CheckpointError`) and every tensor shape checked first."""
+    bare = unwrap(model)
+    config = getattr(bare, "cxrkit_config", None) or {}
+    require_kind(ckpt, config.get("kind", "detector"), path)
+    check_state_matches(bare, ckpt["model"], path, repr(config.get("name", type(bare).__name__)))
+    bare.load_state_dict(ckpt["model"])
+
+
 def _resume(
     out: Path,
     parts: _Parts,
     settings: Mapping[str, Any],
-    epochs: int,
+    task: Task,
     device: torch.device,
 ) -> _RunState:
     """Load ``out/last.pt`` into the model, optimizer, scheduler and scaler, after
@@ -222,16 +336,17 @@ def _resume(
             print(f"resume: no {last_path} yet, starting from epoch 1")
         return _RunState()
     ckpt = load_checkpoint(last_path, map_location=device)
-    refuse_other_settings(last_path, ckpt.get("config") or {}, settings, epochs)
+    refuse_other_settings(last_path, ckpt.get("config") or {}, settings, settings["epochs"])
     model, optimizer, scheduler, scaler = parts
-    load_into_model(model, ckpt, last_path)
+    _load_weights(model, ckpt, last_path)
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
-    state = _RunState(int(ckpt.get("epoch", 0)), ckpt.get("best_map"), ckpt.get("best_epoch"))
+    done = int(ckpt.get("epoch", 0))
+    state = _RunState(done, ckpt.get(task.best_key), ckpt.get("best_epoch"))
     if (out / "history.csv").is_file():
         old = pd.read_csv(out / "history.csv")
         state.history = old[old["epoch"] <= state.epochs_done].to_dict("records")
@@ -240,18 +355,30 @@ def _resume(
     return state
 
 
+def _improves(score: float, best: float | None) -> bool:
+    """Whether a validation score beats the best so far (a NaN score, e.g. the AUC of
+    a validation set with one class, only beats no score at all)."""
+    return best is None or (math.isfinite(score) and score > best)
+
+
 def _save_epoch(
-    out: Path, parts: _Parts, state: _RunState, settings: Mapping[str, Any], validated: bool
+    out: Path,
+    parts: _Parts,
+    state: _RunState,
+    settings: Mapping[str, Any],
+    task: Task,
+    validated: bool,
 ) -> None:
-    """Update the best mAP; write ``last.pt``, ``best.pt`` (if it improved, or always
+    """Update the best score; write ``last.pt``, ``best.pt`` (if it improved, or always
     without validation) and ``history.csv`` (atomically); print the epoch's line."""
     row = state.history[-1]
-    val_map = row["val_map"]
-    improved = not validated or state.best_map is None or val_map > state.best_map
+    score = row[task.history_column]
+    improved = not validated or _improves(score, state.best_score)
     if improved and validated:
-        state.best_map, state.best_epoch = val_map, row["epoch"]
+        state.best_score = score if math.isfinite(score) else None
+        state.best_epoch = row["epoch"]
     extra: dict[str, Any] = {
-        "best_map": state.best_map,
+        task.best_key: state.best_score,
         "best_epoch": state.best_epoch,
         "history_rows": len(state.history),
         "config": dict(settings),
@@ -264,26 +391,28 @@ def _save_epoch(
     if improved:
         save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, **extra)
     write_csv_atomic(pd.DataFrame(state.history), out / "history.csv")
-    val = f" val mAP@0.4 {val_map:.4f}" if validated else ""
+    val = f" val {task.metric_label} {score:.4f}" if validated else ""
     epochs, seconds = settings["epochs"], row["seconds"]
     print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f}{val} ({seconds:.0f} s)", flush=True)
 
 
-def _truth_and_meta(
-    loader: Any, truth: pd.DataFrame | None, meta: pd.DataFrame | Mapping | None
-) -> tuple[pd.DataFrame, pd.DataFrame | Mapping]:
-    """Validation truth and meta: given, or read back from an XrayDataset."""
-    ds = getattr(loader, "dataset", None)
-    if meta is None and isinstance(getattr(ds, "meta", None), pd.DataFrame):
-        meta = ds.meta.rename_axis("image_id").reset_index()
-    if truth is None and callable(getattr(ds, "truth_table", None)):
-        truth = ds.truth_table()
-    if truth is None or meta is None:
-        raise ValueError(
-            "fit needs the validation truth (train.csv columns, original pixels) and the meta "
-            "table: pass valid_truth= and valid_meta=, or use a cxrkit.data.XrayDataset"
-        )
-    return truth, meta
+def _stop_if_weights_not_finite(model: nn.Module, epoch: int, device: torch.device) -> None:
+    """Raise :class:`NonFiniteLossError` if the epoch's last update left a weight NaN or
+    infinite (its loss was still finite, the next one would not be): nothing of this
+    epoch is saved, so ``last.pt`` and ``best.pt`` keep finite weights. Under DDP every
+    rank raises if any rank's weights (or BatchNorm statistics) are not finite."""
+    state = unwrap(model).state_dict()
+    tensors = [t for t in state.values() if t.is_floating_point()]
+    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    if not any_rank(not finite, device):
+        return
+    bad = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    where = f"{len(bad)} tensor(s), e.g. {bad[:3]}" if bad else "on another rank"
+    raise NonFiniteLossError(
+        f"the weights are not finite after epoch {epoch} ({where}): the training diverged, "
+        "and this epoch is not saved. Lower the learning rate, add warmup or clip the "
+        "gradients (max_grad_norm)"
+    )
 
 
 def _out_of_time(
@@ -303,6 +432,36 @@ def _out_of_time(
     return stop
 
 
+def _default_task(
+    valid_loader: Iterable | None,
+    valid_truth: pd.DataFrame | None,
+    valid_meta: pd.DataFrame | Mapping | None,
+) -> Task:
+    """The detection task, its truth and meta read (before any training) from the
+    validation loader's XrayDataset unless given (:class:`ConfigError` if neither)."""
+    if valid_loader is not None:
+        valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
+    return detection_task(valid_truth, valid_meta)
+
+
+def _run_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loop: Mapping[str, Any],
+    config: Mapping[str, Any] | None,
+    epochs: int,
+) -> dict[str, Any]:
+    """The run's settings, saved in each checkpoint and compared by a resume: the
+    optimizer's and scheduler's (rate, momentum, schedule), the loop's (seed, warmup,
+    clipping) and the caller's ``config``."""
+    return {
+        **schedule_settings(optimizer.state_dict(), scheduler.state_dict()),
+        **loop,
+        **dict(config or {}),
+        "epochs": epochs,
+    }
+
+
 # ---------------------------------------------------------------------------- fit
 def fit(
     model: nn.Module,
@@ -314,6 +473,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
+    task: Task | None = None,
     resume: bool = False,
     seed: int = 42,
     warmup_iters: int = 0,
@@ -327,10 +487,13 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs`` epochs with checkpoints, validation and exact resume.
 
+    ``task`` says how a batch becomes losses and how the model is validated
+    (:class:`Task`; default: a detector validated by mAP@0.4, whose truth and meta
+    are ``valid_truth`` and ``valid_meta`` or read from an XrayDataset).
     ``optimizer`` and ``scheduler`` (stepped once per epoch) come from the caller
     (:func:`make_optimizer`, :func:`make_scheduler`: the seed's recipe);
     ``warmup_iters`` warms up epoch 1, ``max_grad_norm`` clips gradients. Each epoch
-    writes ``last.pt``, a row of ``history.csv`` and, when the validation mAP@0.4
+    writes ``last.pt``, a row of ``history.csv`` and, when the validation score
     improves (always without ``valid_loader``), ``best.pt``, atomically.
 
     ``resume=True`` continues from ``last.pt``. The run's settings (rate, momentum,
@@ -339,23 +502,21 @@ def fit(
     each difference. With each epoch seeded from ``(seed, epoch)``, an interrupted
     and resumed run ends with the same weights as an uninterrupted one on CPU.
     ``max_minutes`` stops before an epoch that would overrun it; ``amp`` (default: on
-    for CUDA) uses mixed precision. Under DDP rank 0 alone validates and writes.
+    for CUDA) uses mixed precision. A NaN or infinite loss stops the run with
+    :class:`cxrkit.errors.NonFiniteLossError` before it is saved. Under DDP rank 0
+    alone validates and writes.
     """
     start_time, info, out = time.monotonic(), dist_info(), Path(out_dir)
+    if task is not None and (valid_truth is not None or valid_meta is not None):
+        raise ConfigError("valid_truth= and valid_meta= are the detection task's: pass one task=")
+    task = task or _default_task(valid_loader, valid_truth, valid_meta)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        **schedule_settings(optimizer.state_dict(), scheduler.state_dict()),
-        **{"seed": seed, "warmup_iters": warmup_iters, "max_grad_norm": max_grad_norm},
-        **dict(config or {}),
-        "epochs": epochs,
-    }
+    loop = {"seed": seed, "warmup_iters": warmup_iters, "max_grad_norm": max_grad_norm}
+    settings = _run_settings(optimizer, scheduler, loop, config, epochs)
     use_amp = device.type == "cuda" and (amp is None or amp)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    parts = _Parts(model, optimizer, scheduler, scaler)
-    if valid_loader is not None:
-        valid_truth, valid_meta = _truth_and_meta(valid_loader, valid_truth, valid_meta)
-    state = _resume(out, parts, settings, epochs, device) if resume else _RunState()
+    parts = _Parts(model, optimizer, scheduler, torch.amp.GradScaler("cuda") if use_amp else None)
+    state = _resume(out, parts, settings, task, device) if resume else _RunState()
     stopped_early, epoch_times = False, []
     for epoch in range(state.epochs_done, epochs):
         if _out_of_time(start_time, epoch_times, max_minutes, device, epoch):
@@ -365,22 +526,26 @@ def fit(
         seed_epoch(train_loader, seed, epoch)
         lr_now = optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(
-            model, optimizer, train_loader, device, epoch + 1, scaler=scaler,
+            model, optimizer, train_loader, device, epoch + 1, scaler=parts.scaler,
             print_freq=print_freq, warmup_iters=warmup_iters if epoch == 0 else 0,
-            max_grad_norm=max_grad_norm,
+            max_grad_norm=max_grad_norm, batch_losses=task.batch_losses,
         )  # fmt: skip
+        _stop_if_weights_not_finite(model, epoch + 1, device)
         scheduler.step()
-        val_map = float("nan")
+        score = float("nan")
         if valid_loader is not None and info.is_main:
-            val_map = evaluate(model, valid_loader, device, valid_truth, valid_meta)["map"]
+            score = task.validate(model, valid_loader, device)
         seconds = time.monotonic() - t0
         epoch_times.append(seconds)
-        row = {"epoch": epoch + 1, **losses, "lr": lr_now, "val_map": val_map, "seconds": seconds}
-        state.history.append(row)
+        row = {"epoch": epoch + 1, **losses, "lr": lr_now, task.history_column: score}
+        state.history.append({**row, "seconds": seconds})
         state.epochs_done = epoch + 1
         if info.is_main:
-            _save_epoch(out, parts, state, settings, validated=valid_loader is not None)
+            _save_epoch(out, parts, state, settings, task, validated=valid_loader is not None)
         barrier()
     done = state.history[-1]["epoch"] if state.history else state.epochs_done
     history = pd.DataFrame(state.history)
-    return FitResult(out, int(done), state.best_map, state.best_epoch, history, stopped_early)
+    return FitResult(
+        out, int(done), state.best_score, state.best_epoch, history, stopped_early,
+        task.metric, task.metric_label,
+    )  # fmt: skip

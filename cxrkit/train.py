@@ -10,11 +10,9 @@ checkpoint and a preprocessed test folder into a Kaggle submission.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cxrkit._atomic import write_csv_atomic
-from cxrkit._runlock import run_lock
 from cxrkit.anchors import (
     AnchorSpec,
     choose_input_size,
@@ -34,7 +30,6 @@ from cxrkit.anchors import (
     resized_boxes,
     stock_anchors,
 )
-from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations, load_meta
 from cxrkit.checkpoints import checkpoint_size, load_checkpoint
 from cxrkit.config import TrainConfig, resolve
 from cxrkit.data import (
@@ -42,61 +37,27 @@ from cxrkit.data import (
     XrayDataset,
     check_images_exist,
     collate_fn,
-    fold_split,
     worker_init_fn,
 )
-from cxrkit.data import split as split_ids
-from cxrkit.distributed import DistInfo, broadcast_flag, cleanup_distributed, setup_distributed
+from cxrkit.distributed import DistInfo, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
-from cxrkit.errors import (
-    AnnotationError,
-    ConfigError,
-    OverwriteError,
-    ResumeError,
-)
-from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler, refuse_other_settings
+from cxrkit.errors import AnnotationError, ConfigError
+from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler
 from cxrkit.models import build_model, model_from_checkpoint
+from cxrkit.runs import (  # the run-folder helpers; still importable from cxrkit.train
+    check_resume_settings,
+    keep_split,
+    prepare_run_folder,
+    read_folder,
+    read_training_table,
+    run_folder_lock,
+    run_split,
+    write_out_of_fold_table,
+)
 from cxrkit.sampling import RepeatFactorSampler, repeat_factors
 from cxrkit.submission import add_no_finding
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
-
-
-def read_training_table(annotations_csv: str | os.PathLike, meta: pd.DataFrame) -> pd.DataFrame:
-    """Load the annotations; fuse the radiologists' boxes when there are several per image."""
-    table = load_annotations(annotations_csv)
-    if len(table) == 0:
-        raise AnnotationError(f"{annotations_csv} has no annotation rows: nothing to train on")
-    known = set(meta["image_id"].astype(str))
-    ids = table["image_id"].astype(str)
-    absent = sorted(set(ids) - known)
-    if absent:
-        warnings.warn(
-            f"{len(absent)} annotated image(s) are not in the preprocessed folder "
-            f"(e.g. {absent[:3]}); they are left out",
-            stacklevel=2,
-        )
-        table = table[ids.isin(known)]
-        if len(table) == 0:
-            raise AnnotationError(
-                f"none of the images of {annotations_csv} is in the preprocessed folder"
-            )
-    readers = table.groupby("image_id")["rad_id"].nunique()
-    if (readers > 1).any() and not (table["rad_id"].astype(str) == "wbf").all():
-        table = fuse_boxes(table, meta)  # refuses a box beyond its image
-    else:  # used as it is (e.g. already fused): refuse the same boxes fuse_boxes would
-        with warnings.catch_warnings():  # read twice: warn about duplicate rows once
-            warnings.simplefilter("ignore")
-            check_boxes_inside(annotations_csv, meta, skip_unknown=True)
-    return table
-
-
-def run_split(table: pd.DataFrame, cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """The run's (train, valid) ids: fold ``cfg.fold`` of ``cfg.folds`` validates, or
-    a stratified ``valid_fraction`` without folds."""
-    if cfg.folds is not None:
-        return fold_split(table, cfg.folds, cfg.fold, seed=cfg.seed)
-    return split_ids(table, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
 
 
 def write_out_of_fold(
@@ -120,34 +81,8 @@ def write_out_of_fold(
     dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(checkpoint_size(ckpt)))
     preds = predict(model, dataset, device or torch.device("cpu"), meta, batch_size=batch_size)
     table = add_no_finding(preds, ids)
-    write_csv_atomic(table, out_csv)
+    write_out_of_fold_table(table, out_csv, ids)
     return table
-
-
-def keep_split(
-    path: Path, train_ids: Sequence[str], valid_ids: Sequence[str], resume: bool, write: bool
-) -> None:
-    """Save the run's train/valid split (``split.csv``: image_id, subset) beside its
-    checkpoints, so the validation images can be found again later; when resuming,
-    check that the split is still the one the run was trained with."""
-    table = pd.DataFrame(
-        {
-            "image_id": [*map(str, train_ids), *map(str, valid_ids)],
-            "subset": ["train"] * len(train_ids) + ["valid"] * len(valid_ids),
-        }
-    ).sort_values("image_id", ignore_index=True)
-    if resume and path.is_file() and (path.parent / "last.pt").is_file():
-        old = pd.read_csv(path, dtype=str).sort_values("image_id", ignore_index=True)
-        if not old.equals(table.astype(str)):
-            moved = len(set(map(tuple, old.values)) ^ set(map(tuple, table.values)))
-            raise ResumeError(
-                f"cannot resume {path.parent}: the train/valid split differs from the run's "
-                f"{path.name} ({moved} row(s) differ) although the seed and the validation "
-                "fraction are the run's, so the annotations or the preprocessed folder "
-                "changed. Use the run's data, or another output folder for a new run."
-            )
-    if write:
-        write_csv_atomic(table, path)
 
 
 def make_loaders(
@@ -219,58 +154,6 @@ def _build_for_training(
     return model
 
 
-RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what makes a folder hold a run
-
-
-@contextlib.contextmanager
-def run_folder_lock(out: Path, info: DistInfo, device: torch.device) -> Iterator[None]:
-    """Rank 0 holds the run folder's lock (:func:`cxrkit._runlock.run_lock`); when it
-    cannot, every rank refuses (no rank is left waiting for the others)."""
-    with contextlib.ExitStack() as stack:
-        refusal: OverwriteError | None = None
-        if info.is_main:
-            try:
-                stack.enter_context(run_lock(out))
-            except OverwriteError as exc:
-                refusal = exc
-        if broadcast_flag(refusal is not None, device):
-            raise refusal or OverwriteError(f"{out} is in use by another training")
-        yield
-
-
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> None:
-    """Refuse to replace a finished run unless asked; remove what an interrupted
-    checkpoint write left (``.last.pt.*.tmp.pt``). Called with the folder locked."""
-    found = [name for name in RUN_FILES if (out / name).is_file()]
-    if found and not resume and not overwrite:
-        raise OverwriteError(
-            f"{out} already holds a run ({', '.join(found)}): continue it with --resume "
-            "(resume=True), train the new model into a new output folder, or replace the "
-            "run with --overwrite (overwrite=True)"
-        )
-    if not info.is_main:
-        return
-    if found and overwrite and not resume:
-        for name in found:
-            (out / name).unlink()
-        print(f"{out}: removed the earlier run's {', '.join(found)} (--overwrite)")
-    partial = sorted(p for name in (*RUN_FILES, "split.csv") for p in out.glob(f".{name}.*.tmp*"))
-    for p in partial:
-        p.unlink(missing_ok=True)
-    if partial:
-        names = ", ".join(p.name for p in partial)
-        print(f"{out}: removed {len(partial)} partial file(s) of an interrupted write ({names})")
-
-
-def _refuse_other_split_settings(out: Path, cfg: TrainConfig) -> None:
-    """On resume, compare the run's settings first: a different seed or validation
-    fraction is then named as the cause, before the split it changes is compared."""
-    last = out / "last.pt"
-    if last.is_file():
-        saved = load_checkpoint(last).get("config") or {}
-        refuse_other_settings(last, saved, asdict(cfg), cfg.epochs)
-
-
 def _fit_to_boxes(
     cfg: TrainConfig, train_table: pd.DataFrame, meta: pd.DataFrame, auto_size: bool, show: bool
 ) -> tuple[TrainConfig, AnchorSpec | None]:
@@ -304,17 +187,6 @@ def _fit_to_boxes(
         print("and on the anchor grid (strides 8-64 px), what the RPN matches:")
         print(on_grid.round(2).to_string())
     return cfg, spec
-
-
-def read_folder(data: Path) -> tuple[Path, pd.DataFrame]:
-    """The PNG folder and the meta table of a preprocessed folder."""
-    meta_path = data / "train_meta.csv"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} not found: DATA_DIR must be a preprocessed folder "
-            "(python -m cxrkit preprocess RAW_DIR DATA_DIR)"
-        )
-    return data / "train", load_meta(meta_path)
 
 
 def _describe_run(
@@ -393,8 +265,8 @@ def train_from_folder(
             check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
             train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
             cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
-            if resume:
-                _refuse_other_split_settings(out, cfg)
+            if resume:  # the settings first: a new seed is named, not the split it changes
+                check_resume_settings(out, "detector", asdict(cfg), cfg.epochs)
             keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
             model = _build_for_training(cfg, device, info, anchors)

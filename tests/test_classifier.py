@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,8 @@ from cxrkit.classifier import (
 from cxrkit.errors import ResumeError, WeightsError
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import calibration_table, roc_curve
-from cxrkit.model_names import CLASSIFIER_NAMES
 from cxrkit.predict import predict_to_submission
+from cxrkit.registry import CLASSIFIER_NAMES
 
 
 @pytest.mark.parametrize("name", CLASSIFIER_NAMES)
@@ -194,7 +195,7 @@ def test_train_classifier_help_names_the_small_cpu_model():
 def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
     sample_data, preprocessed, tmp_path, monkeypatch
 ):
-    import cxrkit.classifier
+    import cxrkit.fit
 
     csv = sample_data / "train.csv"
     settings = {"epochs": 2, "size": 64, "batch_size": 8, "seed": 3, "folds": 2, "fold": 1}
@@ -202,17 +203,17 @@ def test_classifier_run_resumes_exactly_classifies_and_writes_oof(
     assert whole.epochs_done == 2 and len(whole.history) == 2
     assert load_checkpoint(tmp_path / "whole" / "last.pt")["kind"] == "classifier"
 
-    real_epoch = cxrkit.classifier.train_epoch
+    real_epoch = cxrkit.fit.train_one_epoch  # the classifier trains through fit
 
     def interrupted(*args, **kwargs):
-        if args[-1] == 2:  # the epoch number: stop the run in its second epoch
+        if args[4] == 2:  # the epoch number: stop the run in its second epoch
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(cxrkit.classifier, "train_epoch", interrupted)
+    monkeypatch.setattr(cxrkit.fit, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(preprocessed, csv, tmp_path / "cut", **settings)
-    monkeypatch.setattr(cxrkit.classifier, "train_epoch", real_epoch)
+    monkeypatch.setattr(cxrkit.fit, "train_one_epoch", real_epoch)
     resumed = train_classifier(preprocessed, csv, tmp_path / "cut", resume=True, **settings)
     assert resumed.epochs_done == 2
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
@@ -448,3 +449,88 @@ def test_train_classifier_refuses_torchrun_in_one_line(tmp_path):
     )
     assert done.returncode == 2 and "under torchrun" in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------- one training stack (fit): stops, limits, files
+FAST = {"epochs": 1, "size": 64, "batch_size": 8, "seed": 3}
+
+
+def test_legacy_classifier_checkpoint_still_classifies(tmp_path):
+    """A best.pt written by the previous release (format 2, before fit trained classifiers)."""
+    import cv2
+
+    legacy = Path(__file__).parent / "data" / "legacy" / "classifier_v2.pt"
+    model = classifier_from_checkpoint(legacy)
+    assert model.cxrkit_size == 32  # its config's size
+    assert load_checkpoint(legacy)["best_auc"] == 0.5
+    (tmp_path / "test").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        cv2.imwrite(
+            str(tmp_path / "test" / f"{name}.png"), rng.integers(0, 255, (40, 40), np.uint8)
+        )
+    pd.DataFrame({"image_id": ["a", "b"], "dim0": [40, 40], "dim1": [40, 40]}).to_csv(
+        tmp_path / "test_meta.csv", index=False
+    )
+    table = classify([legacy], tmp_path)
+    assert table["image_id"].tolist() == ["a", "b"] and table["p_abnormal"].between(0, 1).all()
+    x = ClassifierDataset(tmp_path / "test", ["a"], size=32)[0][0]
+    with torch.no_grad():
+        direct = torch.sigmoid(model.eval()(x[None])).item()
+    assert table["p_abnormal"].iloc[0] == pytest.approx(direct, abs=1e-6)
+
+
+def test_classifier_stops_on_a_non_finite_loss(sample_data, preprocessed, tmp_path):
+    from cxrkit.errors import NonFiniteLossError
+
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="Lower the learning rate"):
+        train_classifier(preprocessed, sample_data / "train.csv", run, **{**FAST, "epochs": 5},
+                         lr=1e6)  # fmt: skip
+    for name in ("best.pt", "last.pt"):  # an earlier epoch's file, if any, is finite
+        if (run / name).is_file():
+            load_checkpoint(run / name)  # a CheckpointError if a weight is NaN or infinite
+
+
+def test_train_classifier_cli_reports_a_non_finite_loss_in_one_line(
+    sample_data, preprocessed, tmp_path
+):
+    cmd = [sys.executable, "-m", "cxrkit", "train-classifier", str(preprocessed),
+           str(sample_data / "train.csv"), "--out", str(tmp_path / "run"), "--lr", "1e6",
+           "--epochs", "5", "--size", "64", "--batch-size", "8"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Lower the learning rate" in lines[0], lines
+
+
+def test_classifier_honours_max_minutes(sample_data, preprocessed, tmp_path, monkeypatch):
+    """fit's clock says each epoch takes 2 minutes: a 3-minute budget allows one."""
+    import types
+
+    import cxrkit.fit
+
+    clock = iter(range(0, 10_000, 60))  # each reading one minute later
+    monkeypatch.setattr(cxrkit.fit, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    result = train_classifier(
+        preprocessed, sample_data / "train.csv", tmp_path / "run", **{**FAST, "epochs": 3},
+        max_minutes=3,
+    )  # fmt: skip
+    assert result.epochs_done == 1 and result.stopped_early
+    assert "stopped by the time limit" in str(result) and "best validation AUC" in str(result)
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [1]
+
+
+def test_classifier_resume_with_another_rate_is_refused(sample_data, preprocessed, tmp_path):
+    csv, run = sample_data / "train.csv", tmp_path / "run"
+    first = train_classifier(preprocessed, csv, run, **FAST)
+    assert first.best_auc == first.best_score and first.best_epoch == 1
+    best = load_checkpoint(run / "best.pt")
+    assert best["kind"] == "classifier" and best["config"]["size"] == 64
+    assert {"best_auc", "best_epoch"} <= set(best) and "best_map" not in best
+    assert list(first.history.columns) == ["epoch", "loss", "lr", "val_auc", "seconds"]
+    with pytest.raises(ResumeError) as info:
+        train_classifier(preprocessed, csv, run, resume=True, **FAST, lr=1e-2, max_grad_norm=1.0)
+    assert "lr: the run used 0.001, this call asks for 0.01" in str(info.value)
+    assert "max_grad_norm: the run used None, this call asks for 1.0" in str(info.value)
+    assert train_classifier(preprocessed, csv, run, resume=True, **FAST).epochs_done == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from torch import nn
 
 from cxrkit.checkpoints import CheckpointError
 from cxrkit.engine import Averager, evaluate, predict, predictions_to_frame, train_one_epoch
+from cxrkit.errors import DataNotFoundError, NonFiniteLossError
 from cxrkit.models import build_model
 from cxrkit.predict import predict_to_submission
 from cxrkit.train import train_from_folder
@@ -91,6 +93,38 @@ def test_non_finite_loss_stops_with_a_clear_error():
     assert "epoch 7" in msg and "iteration 2" in msg and "loss_a" in msg and "id2" in msg
 
 
+def test_train_one_epoch_minimises_the_losses_it_is_given():
+    """Any model trains through the same step: the loss comes from ``batch_losses``."""
+    model = nn.Linear(2, 1)
+    x, y = torch.tensor([[1.0, 2.0], [3.0, -1.0]]), torch.tensor([[1.0], [0.0]])
+    batches = [(x, y, ("a", "b"))] * 8
+
+    def squared_error(model, batch, device):
+        inputs, targets, _ = batch
+        return {"loss_mse": ((model(inputs.to(device)) - targets.to(device)) ** 2).mean()}
+
+    with torch.no_grad():
+        before = float(squared_error(model, batches[0], CPU)["loss_mse"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = train_one_epoch(model, opt, batches, CPU, epoch=1, batch_losses=squared_error)
+    assert set(out) == {"loss"}  # one loss: the total, without a column of its own
+    with torch.no_grad():
+        assert float(squared_error(model, batches[0], CPU)["loss_mse"]) < before
+
+    def nan_loss(model, batch, device):
+        return {"loss_mse": squared_error(model, batch, device)["loss_mse"] * float("nan")}
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, iteration 0 \(images \['a', 'b'\]"):
+        train_one_epoch(model, opt, batches, CPU, epoch=3, batch_losses=nan_loss)
+
+
+def test_backward_is_called_in_one_module_only():
+    """One training step for every model: engine._backward_step (AMP, clipping)."""
+    package = Path(__file__).resolve().parents[1] / "cxrkit"
+    callers = {p.name for p in package.rglob("*.py") if ".backward(" in p.read_text()}
+    assert callers == {"engine.py"}
+
+
 def test_predictions_are_mapped_back_to_original_pixels():
     out = {
         "boxes": torch.tensor([[16.0, 32.0, 64.0, 128.0]]),
@@ -144,7 +178,7 @@ def test_bad_inputs_fail_clearly(preprocessed, tmp_path):
         train_from_folder(preprocessed, empty, tmp_path / "run")
     with pytest.raises(CheckpointError, match="does not exist"):
         predict_to_submission(tmp_path / "missing.pt", preprocessed, tmp_path / "s.csv")
-    with pytest.raises(FileNotFoundError, match="preprocessed folder"):
+    with pytest.raises(DataNotFoundError, match="preprocessed folder"):  # a FileNotFoundError
         train_from_folder(tmp_path, empty, tmp_path / "run")
 
 

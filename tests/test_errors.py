@@ -227,15 +227,9 @@ ALLOWED_BUILTIN_RAISES = {
     ("dicom.py", "_window", "ValueError"),
 }
 
-# Modules other engineers are rewriting now; the lead empties this set after merging
-# their work (each must then pass like the rest). Do not add to it.
-PENDING_MODULES = {
-    "fit.py",
-    "engine.py",
-    "classifier.py",
-    "train.py",
-    "runs.py",
-}
+# Modules exempt from the scan: none. (Kept as a named, empty set so an exemption
+# would have to be written here, in review, with its reason.)
+PENDING_MODULES: set[str] = set()
 
 
 def bare_builtin_raises(source: str) -> list[tuple[int, str, str]]:

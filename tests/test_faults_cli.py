@@ -29,8 +29,8 @@ from cxrkit._runlock import LOCK_NAME, run_lock
 from cxrkit.annotations import fuse_boxes, load_annotations, load_meta
 from cxrkit.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from cxrkit.errors import AnnotationError, OverwriteError, SubmissionError
-from cxrkit.model_names import MODEL_NAMES
 from cxrkit.models import build_model
+from cxrkit.registry import MODEL_NAMES
 from cxrkit.submission import validate_submission
 
 ROOT = Path(__file__).resolve().parents[1]

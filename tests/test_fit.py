@@ -108,3 +108,82 @@ def test_train_config_defaults_per_model():
     seed = TrainConfig(model_name="fasterrcnn_resnet50_fpn", lr=0.01).resolved()
     assert (seed.size, seed.lr, seed.schedule, seed.max_grad_norm) == (512, 0.01, "step", None)
     assert TrainConfig(size=0).resolved().size == 256  # --size 0 meant the default
+
+
+# ------------------------------------------------------------ fit with another task
+def _toy_data(n: int = 16, size: int = 32):
+    """Random images whose label is whether their mean is positive: a task fit knows nothing of."""
+    g = torch.Generator().manual_seed(0)
+    images = (
+        torch.randn(n, 3, size, size, generator=g)
+        + torch.linspace(-0.5, 0.5, n)[:, None, None, None]
+    )
+    labels = (images.mean(dim=(1, 2, 3)) > 0).float()
+    ids = [f"t{i}" for i in range(n)]
+    return [(images[i : i + 4], labels[i : i + 4], ids[i : i + 4]) for i in range(0, n, 4)]
+
+
+def _accuracy(model, loader, device):
+    model.eval()
+    with torch.no_grad():
+        hits = [((model(x).squeeze(1) > 0).float() == y).float().mean() for x, y, _ in loader]
+    return float(torch.stack(hits).mean())
+
+
+def _toy_task(loss=None):
+    from cxrkit.classifier import classifier_losses
+    from cxrkit.fit import Task
+
+    losses = classifier_losses(loss or torch.nn.BCEWithLogitsLoss())
+    return Task(losses, _accuracy, metric="acc", metric_label="accuracy")
+
+
+def _toy_fit(out, epochs, **kw):
+    from cxrkit.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("cls_small")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2)
+    data = _toy_data()
+    kw = {"task": _toy_task(), **kw}
+    return model, fit(model, data, data, out, epochs, CPU, optimizer, scheduler, **kw)
+
+
+def test_fit_trains_any_task_and_names_its_metric(tmp_path):
+    model, result = _toy_fit(tmp_path / "a", 2, warmup_iters=2, max_grad_norm=1.0)
+    assert result.metric == "acc" and result.epochs_done == 2
+    assert list(result.history.columns) == ["epoch", "loss", "lr", "val_acc", "seconds"]
+    assert result.best_score == result.history["val_acc"].max()
+    assert "best validation accuracy" in str(result)
+    with pytest.raises(AttributeError, match="validated by 'acc'"):
+        _ = result.best_map
+    best = torch.load(result.best, weights_only=True)
+    assert best["best_acc"] == result.best_score and best["kind"] == "classifier"
+    assert best["config"]["max_grad_norm"] == 1.0 and "best_map" not in best
+
+    _toy_fit(tmp_path / "b", 1, warmup_iters=2, max_grad_norm=1.0)  # "interrupted"
+    resumed, again = _toy_fit(tmp_path / "b", 2, warmup_iters=2, max_grad_norm=1.0, resume=True)
+    assert again.epochs_done == 2 and again.best_score == result.best_score
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # exact resume, whatever the task
+
+
+def test_fit_stops_on_a_non_finite_loss_and_saves_nothing_of_it(tmp_path):
+    from cxrkit.errors import NonFiniteLossError
+
+    def nan_loss(logits, labels):
+        return (logits - labels).mean() * float("nan")
+
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 0.*t0"):
+        _toy_fit(tmp_path, 1, task=_toy_task(nan_loss))
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_fit_takes_the_truth_with_the_task_not_beside_it(tmp_path):
+    from cxrkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="detection task"):
+        _toy_fit(tmp_path, 1, valid_truth=pd.DataFrame())
+    with pytest.raises(ConfigError, match="schedule must be"):
+        make_scheduler(make_optimizer(small_model(64)), "linear")
