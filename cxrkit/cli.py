@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cxrkit import doctor
 from cxrkit.config import (
@@ -219,13 +219,13 @@ def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Names
     """--low <= --high and one --wbf-weights per checkpoint, before any work."""
     if getattr(args, "command", None) != "predict":
         return
-    typed = [f"--{name}" for name in ("low", "high", "mode") if getattr(args, name) is not None]
-    if typed and not args.classifier:
-        parser.error(f"{' and '.join(typed)} apply the classifier: give --classifier too")
     low = BAND_DEFAULTS["low"] if args.low is None else args.low
     high = BAND_DEFAULTS["high"] if args.high is None else args.high
     if low > high:
         parser.error(f"--low {low:g} is above --high {high:g}; need low <= high")
+    typed = [f"--{name}" for name in ("low", "high", "mode") if getattr(args, name) is not None]
+    if typed and not args.classifier:
+        parser.error(f"{' and '.join(typed)} apply the classifier: give --classifier too")
     if args.wbf_weights is not None and len(args.wbf_weights) != len(args.checkpoints):
         parser.error(
             f"--wbf-weights gives {len(args.wbf_weights)} weight(s) for "
@@ -237,10 +237,11 @@ def _check_fold_options(parser: argparse.ArgumentParser, args: argparse.Namespac
     """--folds and --fold together, and F < K: refused in one line before any work."""
     if getattr(args, "folds", None) is None and getattr(args, "fold", None) is None:
         return
-    if args.folds is None or args.fold is None:
+    folds, fold = getattr(args, "folds", None), getattr(args, "fold", None)
+    if folds is None or fold is None:
         parser.error("--folds K and --fold F go together")
-    if args.fold >= args.folds:
-        parser.error(f"argument --fold: must be one of 0..{args.folds - 1}, got {args.fold}")
+    if fold >= folds:
+        parser.error(f"argument --fold: must be one of 0..{folds - 1}, got {fold}")
 
 
 def output_folder(text: str) -> Path:
@@ -263,27 +264,31 @@ def output_file(text: str) -> Path:
 PROG = "python -m cxrkit"
 
 
+def help_with_default(help_text: str | None, default: Any) -> str | None:
+    """An option's help ending with its default, unless it states it already or has none."""
+    if help_text is None or "(default" in help_text:
+        return help_text
+    if default is None or default is argparse.SUPPRESS:
+        return help_text
+    shown = "off" if default is False else str(default).replace("%", "%%")
+    return f"{help_text} (default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``cxrkit COMMAND: error: ...`` and exit status 2."""
+    """argparse with one-line errors (``cxrkit COMMAND: error: ...``, exit status 2) and
+    every option's default at the end of its help (added when the option is added)."""
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix(PROG).strip()
         name = f"cxrkit {command}" if command else "cxrkit"
         self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
 
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Every option's help ends with its default, unless the help states it already."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if not action.option_strings or action.required or "default" in text:
-            return text
-        if action.default is None or action.default is argparse.SUPPRESS:
-            return text
-        if action.default is False:
-            return f"{text} (default: off)"
-        return f"{text} (default: %(default)s)"
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        optional = bool(names) and names[0].startswith("-")
+        if optional and not kwargs.get("required"):
+            default = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+            kwargs["help"] = help_with_default(kwargs.get("help"), default)
+        return super().add_argument(*names, **kwargs)
 
 
 EPILOG = """\
@@ -358,10 +363,12 @@ def _add_earlier_run_options(p: argparse.ArgumentParser) -> None:
     """--resume or --overwrite: what to do with a run already in --out (not both)."""
     earlier_run = p.add_mutually_exclusive_group()
     earlier_run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last.pt"
+        "--resume", action="store_true",
+        help="continue the run in --out from its last.pt (default: off)",
     )
     earlier_run.add_argument(
-        "--overwrite", action="store_true", help="replace a finished run in --out with a new one"
+        "--overwrite", action="store_true",
+        help="replace a finished run in --out with a new one (default: off)",
     )
 
 
@@ -494,13 +501,13 @@ def _add_evaluate_command(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed so tests and docs can inspect it."""
     parser = _Parser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command")  # none: main prints the help
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
 
     _add_sample_command(

@@ -44,7 +44,7 @@ def test_small_model_is_small_and_has_no_published_weights():
     assert sum(p.numel() for p in model.parameters()) < 500_000
     with pytest.raises(WeightsError, match="no published weights"):
         build_classifier("cls_small", weights="DEFAULT")
-    with pytest.raises(ValueError, match="unknown classifier"):
+    with pytest.raises(ValueError, match="unknown model 'resnet9'.*cls_small"):
         build_classifier("resnet9")
 
 

@@ -620,3 +620,30 @@ def test_the_help_does_not_import_torch():
     code = "import sys; from cxrkit.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--anchors", "auto", "--model", "fasterrcnn_resnet50_fpn"], "does not take"),
+        (["--folds", "2", "--fold", "0", "--valid-fraction", "0.3"], "not used with folds"),
+    ],
+)
+def test_settings_that_cannot_go_together_are_refused_before_any_work(tmp_path, argv, message):
+    """Refused by the resolve step in one line, before the data is even read."""
+    proc = _cli("train", tmp_path / "none", tmp_path / "none.csv", "--out", tmp_path / "r", *argv)
+    err = _one_line_error(proc, "train")
+    assert message in err and not (tmp_path / "r").exists()
+
+
+def test_classifier_options_without_a_classifier_are_refused(tmp_path):
+    for option in (["--low", "0.2"], ["--high", "0.8"], ["--mode", "soft"]):
+        proc = _cli("predict", tmp_path / "a.pt", tmp_path, "--out", tmp_path / "s.csv", *option)
+        assert "give --classifier too" in _one_line_error(proc, "predict")
+
+
+def test_predict_refuses_an_output_it_cannot_write_before_reading_any_image(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = _cli("predict", tmp_path / "a.pt", tmp_path, "--out", blocker / "sub.csv")
+    assert "is a file, not a folder" in _one_line_error(proc, "predict")

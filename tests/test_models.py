@@ -12,7 +12,6 @@ import torch
 from cxrkit.checkpoints import (
     CheckpointError,
     load_checkpoint,
-    model_from_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -22,6 +21,7 @@ from cxrkit.models import (
     WeightsError,
     build_model,
     count_parameters,
+    model_from_checkpoint,
     to_pretrained_layout,
 )
 

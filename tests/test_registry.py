@@ -7,6 +7,7 @@ layout as torchvision builds it.
 
 from __future__ import annotations
 
+import argparse
 import ast
 from pathlib import Path
 
@@ -165,3 +166,29 @@ def test_checkpoints_of_the_previous_release_still_load():
     assert set(out[0]) == {"boxes", "labels", "scores"}
     ckpt = cxrkit.load_checkpoint(LEGACY / "detector_v2.pt")
     assert ckpt["config"]["size"] == 64 and ckpt["version"] == 2
+
+
+def private_argparse_uses(source: str) -> list[str]:
+    """``argparse._X`` names, private attributes of parsers (``parser._actions``) and
+    overrides of argparse's private methods (``def _get_help_string``)."""
+    private_methods = {n for n in dir(argparse.HelpFormatter) if n.startswith("_")}
+    private_methods |= {n for n in dir(argparse.ArgumentParser()) if n.startswith("_")}
+    private_methods = {n for n in private_methods if not n.startswith("__")}  # dunders are public
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            if ast.unparse(node.value) == "argparse" or node.attr in private_methods:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, ast.FunctionDef) and node.name in private_methods:
+            found.append(f"line {node.lineno}: def {node.name}")
+    return found
+
+
+def test_no_private_argparse_names():
+    assert private_argparse_uses("import argparse\nx = argparse._SubParsersAction\n")
+    assert private_argparse_uses("def _get_help_string(self, action):\n    pass\n")
+    assert private_argparse_uses("names = parser._actions\n")
+    offenders = {
+        p.name: found for p in _sources() if (found := private_argparse_uses(p.read_text()))
+    }
+    assert not offenders, offenders

@@ -143,14 +143,15 @@ def test_training_loader_repeats_the_rare_images(preprocessed, sample_data):
 
 def test_cli_option_reaches_the_training_settings():
     from cxrkit.cli import build_parser
+    from cxrkit.config import TrainConfig, typed_settings
 
     parser = build_parser()
-    args = parser.parse_args(
-        ["train", "data", "train.csv", "--out", "run", "--repeat-threshold", "0.1"]
-    )
-    assert args.repeat_threshold == 0.1
-    assert (
-        parser.parse_args(["train", "data", "train.csv", "--out", "run"]).repeat_threshold is None
-    )
+
+    def config(*options: str) -> TrainConfig:
+        args = parser.parse_args(["train", "data", "train.csv", "--out", "run", *options])
+        return TrainConfig(**typed_settings(args))
+
+    assert config("--repeat-threshold", "0.1").repeat_threshold == 0.1
+    assert config().repeat_threshold is None
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "d", "t.csv", "--out", "r", "--repeat-threshold", "1.5"])

@@ -1,0 +1,100 @@
+"""Before/after: the step costs of this checkout against an earlier commit, in one run.
+
+::
+
+    python benchmarks/compare_versions.py fcec228          # the commit before the registry
+
+checks out ``REV`` into a temporary git worktree and runs, in ABBA order (base,
+this tree, this tree, base: drift on a shared CPU hits both alike), each tree's
+own ``bench_train.py`` (a cxr_small training step and a predict batch, each
+against the bare loop in the same process) and ``bench_classifier.py`` (a
+classifier step). It prints the median milliseconds of cxrkit's step in each
+tree and their ratio (this tree / base: 1.00 is "no change"), with the CPU model
+and the thread count. Each tree imports its own ``cxrkit`` (``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# (script, line label, what it measures)
+MEASURES = [
+    ("bench_train.py", r"cxrkit train_one_ep\s+([\d.]+) ms", "detector train step (cxr_small)"),
+    ("bench_train.py", r"cxrkit predict\s+([\d.]+) ms", "detector predict batch"),
+    ("bench_classifier.py", r"cxrkit\s+([\d.]+) ms", "classifier train step (cls_small)"),
+]
+
+
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it (the platform's otherwise)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_benchmarks(tree: Path) -> str:
+    """The output of both benchmark scripts of ``tree``, run with that tree's cxrkit."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
+    out = []
+    for script in sorted({m[0] for m in MEASURES}):
+        proc = subprocess.run(
+            [sys.executable, str(tree / "benchmarks" / script)],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out.append(proc.stdout)
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the earlier commit to compare with, e.g. fcec228")
+    args = parser.parse_args()
+    times: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(
+            ["git", "worktree", "add", "-q", "--detach", str(base), args.rev], cwd=ROOT, check=True
+        )
+        try:
+            for which in ("base", "this", "this", "base"):
+                text = run_benchmarks(base if which == "base" else ROOT)
+                for _, pattern, label in MEASURES:
+                    found = re.search(pattern, text)
+                    if found:
+                        times[which].setdefault(label, []).append(float(found.group(1)))
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=True
+            )
+    print(f"{cpu_model()}, {torch.get_num_threads()} torch threads; base {args.rev} vs this tree")
+    print(f"{'median ms':36s} {'base':>9s} {'this':>9s} {'this/base':>10s}")
+    for _, _, label in MEASURES:
+        old, new = times["base"].get(label), times["this"].get(label)
+        if not old or not new:
+            print(f"{label:36s} not measured in both trees")
+            continue
+        a, b = statistics.median(old), statistics.median(new)
+        print(f"{label:36s} {a:9.1f} {b:9.1f} {b / a:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
