@@ -363,11 +363,13 @@ def _add_earlier_run_options(p: argparse.ArgumentParser) -> None:
     """--resume or --overwrite: what to do with a run already in --out (not both)."""
     earlier_run = p.add_mutually_exclusive_group()
     earlier_run.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue the run in --out from its last.pt (default: off)",
     )
     earlier_run.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace a finished run in --out with a new one (default: off)",
     )
 
@@ -501,13 +503,19 @@ def _add_evaluate_command(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed so tests and docs can inspect it."""
     parser = _Parser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")  # none: main prints the help
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     _add_sample_command(
