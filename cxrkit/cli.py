@@ -30,6 +30,7 @@ from cxrkit.config import (
     positive_float,
     positive_int,
     probability,
+    resolve_with_reasons,
     typed_settings,
 )
 from cxrkit.errors import CxrkitError, OverwriteError
@@ -100,9 +101,10 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
+    resolve_with_reasons(config)  # settings that cannot go together: refused before torch loads
     from cxrkit.train import train_from_folder
 
-    config = _train_config(args)
     result = train_from_folder(
         data_dir=args.data_dir,
         annotations_csv=args.annotations_csv,

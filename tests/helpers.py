@@ -5,6 +5,9 @@ Fixtures live in ``conftest.py``; these are plain functions and constants.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +197,45 @@ def small_model(size=128):
 
     torch.manual_seed(0)
     return build_model("cxr_small", min_size=size, max_size=size)
+
+
+# ------------------------------------------------------------------ the command line
+def run_cli(*args: str | Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``python -m cxrkit ARGS`` in a subprocess, as a user runs it: text output captured,
+    progress bars off, one torch thread (several test processes share two cores)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cxrkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", **env},
+    )
+
+
+def run_main(*args: str | Path) -> subprocess.CompletedProcess:
+    """``cxrkit.cli.main(ARGS)`` in this process, its output captured: the same exit
+    code and lines as :func:`run_cli` without starting Python and torch again (about
+    4 s a command). For refusals; a test of warnings, kills or several processes
+    needs the real subprocess (pytest captures warnings before they reach stderr)."""
+    import contextlib
+    import io
+
+    from cxrkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
+    """The stderr of a refused command: exit 2, one line, no traceback; returned."""
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"cxrkit {command}: error: "), err
+    return err

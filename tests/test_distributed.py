@@ -1,4 +1,8 @@
-"""Two CPU processes (gloo, torchrun): a NaN on one rank stops both; shards; rank 0 writes."""
+"""Two CPU processes (gloo, torchrun): a NaN on one rank stops both; shards; rank 0 writes.
+
+One test per claim; the command line under torchrun (its lock, its one-line refusals)
+is tested in tests/test_faults_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -120,3 +124,7 @@ def test_ranks_train_disjoint_shards_and_rank_0_alone_writes(sample_data, prepro
         p.name for p in (out / "run-rank0").iterdir()
     }
     assert not (out / "run-rank1").exists(), "rank 1 wrote files"
+    run = out / "run-rank0"
+    assert not list(run.glob(".*tmp*")), "a temporary file was left behind"
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 2  # header + 1 epoch
+    assert proc.stdout.count("epoch 1/1") == 1, proc.stdout  # only rank 0 prints

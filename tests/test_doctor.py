@@ -203,6 +203,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~4 s (CI's slow step runs it)
 @pytest.mark.parametrize("case", BROKEN)
 def test_doctor_reports_a_broken_package_without_a_traceback(case, tmp_path):
     modules, names, text = BROKEN[case]
@@ -226,6 +227,7 @@ def test_doctor_reports_a_broken_package_without_a_traceback(case, tmp_path):
         assert "rename or remove it" in out.stdout
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~4 s (CI's slow step runs it)
 def test_doctor_refuses_a_cache_that_is_a_file(tmp_path):
     (tmp_path / "cache").write_text("not a folder")
     out = _run_doctor(tmp_path)

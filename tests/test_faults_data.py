@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import one_line_error, run_cli, run_main
 
 from cxrkit.annotations import check_boxes_inside, fuse_boxes, load_annotations
 from cxrkit.errors import AnnotationError, OverwriteError, PreprocessError
@@ -34,23 +35,6 @@ ROWS = [
 ]
 META = "image_id,dim0,dim1\nimg_a,200,200\nimg_b,300,300\n"
 BIG_META = pd.DataFrame({"image_id": ["img_a", "img_b"], "dim0": [200, 400], "dim1": [200, 400]})
-
-
-def _cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cxrkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
-    """The stderr of a refused command: exit 2, one line, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith(f"cxrkit {command}: error: "), proc.stderr
-    return proc.stderr
 
 
 def _tables(tmp_path: Path, rows: list[str]) -> tuple[Path, Path]:
@@ -112,8 +96,8 @@ def test_cli_fuse_warns_about_the_duplicate_and_fuses_once(tmp_path):
     doubled = tmp_path / "doubled.csv"
     doubled.write_text(HEADER + ROWS[0] + ROWS[0] + "".join(ROWS[1:]))
     out_clean, out_doubled = tmp_path / "f1.csv", tmp_path / "f2.csv"
-    assert _cli("fuse", clean, out_clean, "--meta", meta).returncode == 0
-    proc = _cli("fuse", doubled, out_doubled, "--meta", meta)
+    assert run_cli("fuse", clean, out_clean, "--meta", meta).returncode == 0
+    proc = run_cli("fuse", doubled, out_doubled, "--meta", meta)
     assert proc.returncode == 0, proc.stderr
     assert "dropped 1 exact duplicate row(s) (line 3 = line 2" in proc.stderr
     assert out_clean.read_bytes() == out_doubled.read_bytes()
@@ -137,7 +121,7 @@ def test_fused_table_with_a_box_beyond_its_image_is_refused_like_a_raw_one(tmp_p
             check_boxes_inside(table, meta)
         with pytest.raises(AnnotationError, match=pattern):
             fuse_boxes(table, meta)
-        err = _one_line_error(_cli("fuse", table, tmp_path / "out.csv", "--meta", meta), "fuse")
+        err = one_line_error(run_main("fuse", table, tmp_path / "out.csv", "--meta", meta), "fuse")
         assert str(table) in err and "line 3 image_id 'img_b'" in err and "h=300" in err
 
 
@@ -168,7 +152,7 @@ def test_fuse_refuses_to_write_over_its_input(tmp_path, monkeypatch, how):
     if how == "symlink":
         out = tmp_path / "link.csv"
         out.symlink_to(train)
-    err = _one_line_error(_cli("fuse", train, out, "--meta", meta), "fuse")
+    err = one_line_error(run_main("fuse", train, out, "--meta", meta), "fuse")
     role = "meta table" if how == "meta" else "annotation table"
     assert f"the output {out} is the input {role}" in err and "choose another output" in err
     assert {p: p.read_bytes() for p in before} == before
@@ -176,7 +160,7 @@ def test_fuse_refuses_to_write_over_its_input(tmp_path, monkeypatch, how):
 
 def test_fuse_still_writes_a_new_output(tmp_path):
     train, meta = _tables(tmp_path, ROWS)
-    proc = _cli("fuse", train, tmp_path / "fused.csv", "--meta", meta)
+    proc = run_cli("fuse", train, tmp_path / "fused.csv", "--meta", meta)
     assert proc.returncode == 0, proc.stderr
     assert "-> " in proc.stdout and (tmp_path / "fused.csv").is_file()
 
@@ -204,7 +188,9 @@ def _with_a_twin(sample: Path, tmp_path: Path) -> tuple[Path, str]:
 
 def test_preprocess_refuses_two_files_for_one_image_id(small_sample, tmp_path):
     src, image_id = _with_a_twin(small_sample, tmp_path)
-    err = _one_line_error(_cli("preprocess", src, tmp_path / "out", "--workers", "1"), "preprocess")
+    err = one_line_error(
+        run_cli("preprocess", src, tmp_path / "out", "--workers", "1"), "preprocess"
+    )
     assert f"{image_id}.dcm and {image_id}.dicom" in err and str(src / "train") in err
     assert not (tmp_path / "out" / "train_meta.csv").exists()
 
@@ -213,8 +199,8 @@ def test_meta_from_dicoms_names_both_files(small_sample, tmp_path):
     src, image_id = _with_a_twin(small_sample, tmp_path)
     with pytest.raises(AnnotationError, match=rf"{image_id}\.dcm and {image_id}\.dicom"):
         meta_from_dicoms(src / "train")
-    err = _one_line_error(
-        _cli("fuse", src / "train.csv", tmp_path / "f.csv", "--dicoms", src / "train"), "fuse"
+    err = one_line_error(
+        run_cli("fuse", src / "train.csv", tmp_path / "f.csv", "--dicoms", src / "train"), "fuse"
     )
     assert f"{image_id}.dcm and {image_id}.dicom" in err
 
@@ -270,7 +256,7 @@ def test_full_disk_in_a_worker_process_stops_the_run(small_sample, tmp_path):
         timeout=120,
         env=env,
     )
-    err = _one_line_error(proc, "preprocess")
+    err = one_line_error(proc, "preprocess")
     assert "the disk is full (errno ENOSPC" in err and str(tmp_path / "o") in err
 
 
@@ -381,11 +367,11 @@ def test_sample_over_an_interrupted_sample_removes_its_images(tmp_path):
 
 def test_sample_refuses_a_folder_that_is_not_a_sample_in_one_line(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    err = _one_line_error(_cli("sample", tmp_path, "--n-train", "1", "--n-test", "0"), "sample")
+    err = one_line_error(run_main("sample", tmp_path, "--n-train", "1", "--n-test", "0"), "sample")
     assert f"{tmp_path} is not empty and is not a cxrkit sample (found ['mine.txt'])" in err
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
     a_file = tmp_path / "mine.txt"
-    err = _one_line_error(_cli("sample", a_file, "--n-train", "1", "--n-test", "0"), "sample")
+    err = one_line_error(run_main("sample", a_file, "--n-train", "1", "--n-test", "0"), "sample")
     assert "exists and is not a folder" in err and a_file.read_text() == "precious"
     with pytest.raises(FileExistsError):  # still a FileExistsError for library callers
         from cxrkit.sample import generate_sample

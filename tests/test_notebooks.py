@@ -147,6 +147,7 @@ def warnings_in_fake_kernel(*modules: str) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~4 s (CI's slow step runs it)
 def test_importing_cxrkit_in_jupyter_prints_no_tqdm_warning():
     """Importing any cxrkit module in a kernel without ipywidgets stays silent.
 

@@ -208,6 +208,7 @@ def test_finding_boxes_contain_their_appearance():
     assert seen == set(range(14)), f"findings never drawn: {set(range(14)) - seen}"
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~4 s (CI's slow step runs it)
 def test_same_seed_same_bytes(sample_data, tmp_path):
     again = generate_sample(
         tmp_path / "again", seed=SEED, n_train=N_TRAIN, n_test=N_TEST, progress=False
