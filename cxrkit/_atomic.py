@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrkit.errors import OverwriteError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -74,3 +76,19 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse an output that cannot be written, before hours of prediction: its folder
+    missing, a file where a folder should be, or a folder not writable."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    for above in (parent, *parent.parents):
+        if above.exists() and not above.is_dir():
+            raise OverwriteError(f"cannot write {out}: {above} is a file, not a folder")
+    if out.is_dir():
+        raise OverwriteError(f"cannot write {out}: it is a folder; give the path of a file")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise OverwriteError(f"cannot write {out}: the folder {existing} is not writable")
+    return out

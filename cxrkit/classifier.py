@@ -69,6 +69,7 @@ from cxrkit.runs import (
     read_training_table,
     run_folder_lock,
     run_split,
+    table_digest,
     write_out_of_fold_table,
 )
 from cxrkit.utils import seed_everything, try_gpu
@@ -403,6 +404,7 @@ def _prepare_run(
     # the schedule's length too: a resume with other epochs would bend the cosine
     schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
     run_config = {**asdict(cfg), **schedule, "kind": "classifier"}
+    run_config["annotations_digest"] = table_digest(table)
     if resume:  # the settings first: a new seed or fold is named, not the split it changes
         check_resume_settings(out, "classifier", run_config, cfg.epochs)
     out.mkdir(parents=True, exist_ok=True)
@@ -535,11 +537,18 @@ def classify(
     check_images_exist(data / split, ids)
     device = try_gpu()
     total = np.zeros(len(ids))
-    for model in models:
+    for checkpoint, model in zip(checkpoints, models, strict=True):
         dataset = ClassifierDataset(data / split, ids, size=model.cxrkit_size)
         loader = DataLoader(dataset, batch_size, shuffle=False)
-        probs = predict_probabilities(model.to(device), loader, device)
-        total += probs["p_abnormal"].to_numpy()
+        p_abnormal = predict_probabilities(model.to(device), loader, device)["p_abnormal"]
+        bad = ~np.isfinite(p_abnormal.to_numpy())
+        if bad.any():  # finite weights, yet NaN outputs: never an empty column in the CSV
+            raise CheckpointError(
+                f"classifier {checkpoint} gives p_abnormal NaN for {int(bad.sum())} of "
+                f"{len(ids)} images (e.g. {ids[int(np.argmax(bad))]}): its outputs are not "
+                "finite, so it cannot rank images; use an earlier checkpoint or train again"
+            )
+        total += p_abnormal.to_numpy()
     table = pd.DataFrame({"image_id": ids, "p_abnormal": total / len(models)})
     if out_csv is not None:
         write_csv_atomic(table, out_csv)

@@ -69,7 +69,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from cxrkit._atomic import write_csv_atomic
+    from cxrkit._atomic import check_writable, write_csv_atomic
     from cxrkit.annotations import fuse_boxes, load_meta
     from cxrkit.preprocess import meta_from_dicoms
 
@@ -79,7 +79,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 f"the output {args.out_csv} is the input {role} {given}: "
                 "fusing would replace it; choose another output file"
             )
-
+    check_writable(args.out_csv)  # before the DICOM headers are read
     meta = load_meta(args.meta) if args.meta else meta_from_dicoms(args.dicoms)
     # the path, not a loaded table: messages then name the file and its CSV lines
     fused = fuse_boxes(args.train_csv, meta, iou_thr=args.iou)
@@ -145,8 +145,10 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from cxrkit._atomic import check_writable
     from cxrkit.classifier import classify
 
+    check_writable(args.out)  # before any image is classified
     table = classify(
         args.checkpoints, args.data_dir, args.out, split=args.split, batch_size=args.batch_size
     )
@@ -554,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FREE = "free some space or write elsewhere"
 _RIGHTS = "check its permissions or choose another folder"
 DISK_PROBLEMS: dict[int, str] = {
+    errno.EFBIG: f"the file is larger than this system allows (a file-size limit); {_FREE}",
     errno.ENOSPC: f"the disk is full; {_FREE}",
     getattr(errno, "EDQUOT", errno.ENOSPC): f"the disk quota is used up; {_FREE}",
     errno.EROFS: "the file system is read-only; choose a folder you can write to",

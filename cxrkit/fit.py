@@ -274,6 +274,8 @@ SPLIT_SETTINGS = {
     "valid_fraction": " (the validation fraction sets the train/valid split)",
     "folds": " (the number of folds sets the train/valid split)",
     "fold": " (the fold chooses the validation images)",
+    "annotations_digest": " (the annotation table's boxes or images changed: the run would "
+    "go on training on other boxes)",
 }
 
 
@@ -428,7 +430,10 @@ def _out_of_time(
     guess = float(np.mean(epoch_times)) if epoch_times else 0.0
     stop = broadcast_flag(time.monotonic() - start + guess > max_minutes * 60, device)
     if stop and dist_info().is_main:
-        print(f"time limit of {max_minutes} min: stopping before epoch {epoch + 1}")
+        print(
+            f"time limit: stopping before epoch {epoch + 1}, which would not end within the "
+            f"{max_minutes:.2f} min left"
+        )
     return stop
 
 

@@ -26,13 +26,14 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from cxrkit._atomic import check_writable
 from cxrkit.annotations import load_meta
 from cxrkit.checkpoints import checkpoint_size, load_checkpoint, require_kind
 from cxrkit.classifier import classify
 from cxrkit.data import TestDataset, check_images_exist
 from cxrkit.engine import predict
 from cxrkit.ensemble import fuse_tables
-from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError, OverwriteError
+from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.models import classes_in_state, model_from_checkpoint
 from cxrkit.postprocess import apply_classifier, check_bands
@@ -208,22 +209,6 @@ def predict_tables(
     return ctx
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
-    """Refuse an output that cannot be written, before hours of prediction: its folder
-    missing, a file where a folder should be, or a folder not writable."""
-    out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    for above in (parent, *parent.parents):
-        if above.exists() and not above.is_dir():
-            raise OverwriteError(f"cannot write {out}: {above} is a file, not a folder")
-    if out.is_dir():
-        raise OverwriteError(f"cannot write {out}: it is a folder; give the path of a file")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK):
-        raise OverwriteError(f"cannot write {out}: the folder {existing} is not writable")
-    return out
-
-
 def predict_submission(
     checkpoints: Sequence[str | os.PathLike],
     data_dir: str | os.PathLike,
@@ -248,7 +233,7 @@ def predict_submission(
             (WBF of several detectors). Add :func:`classifier_step` for a classifier.
         num_workers: DataLoader worker processes.
     """
-    check_output_file(out_csv)
+    check_writable(out_csv)
     detectors = load_detectors(checkpoints)
     ctx = predict_tables(detectors, data_dir, split, tta, batch_size, num_workers)
     table = ctx.tables[0]

@@ -17,6 +17,7 @@ another split. The checkpoints and ``history.csv`` are written by :func:`cxrkit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "read_training_table",
     "run_folder_lock",
     "run_split",
+    "table_digest",
     "write_out_of_fold_table",
 ]
 
@@ -218,6 +220,24 @@ def check_resume_settings(out: Path, kind: str, settings: Mapping[str, Any], epo
     saved = load_checkpoint(last)
     require_kind(saved, kind, last)
     refuse_other_settings(last, saved.get("config") or {}, settings, epochs)
+
+
+def table_digest(table: pd.DataFrame) -> str:
+    """A short fingerprint of an annotation table's content (images, classes, boxes).
+
+    Saved in a run's config, so that ``--resume`` with a table whose boxes changed
+    (the same file name, or another) is refused instead of training on other boxes.
+    Row order and float noise below 0.001 px do not change it.
+    """
+    columns = [
+        c for c in ("image_id", "class_id", "x_min", "y_min", "x_max", "y_max") if c in table
+    ]
+    rows = table[columns].copy()
+    rows["image_id"] = rows["image_id"].astype(str)
+    boxes = [c for c in columns if c.startswith(("x_", "y_"))]
+    rows[boxes] = rows[boxes].astype(float).round(3)
+    text = rows.sort_values(columns, ignore_index=True).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------- out-of-fold table

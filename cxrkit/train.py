@@ -52,6 +52,7 @@ from cxrkit.runs import (  # the run-folder helpers; still importable from cxrki
     read_training_table,
     run_folder_lock,
     run_split,
+    table_digest,
     write_out_of_fold_table,
 )
 from cxrkit.sampling import RepeatFactorSampler, repeat_factors
@@ -265,8 +266,9 @@ def train_from_folder(
             check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
             train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
             cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
+            settings = {**asdict(cfg), "annotations_digest": table_digest(table)}
             if resume:  # the settings first: a new seed is named, not the split it changes
-                check_resume_settings(out, "detector", asdict(cfg), cfg.epochs)
+                check_resume_settings(out, "detector", settings, cfg.epochs)
             keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
             model = _build_for_training(cfg, device, info, anchors)
@@ -278,12 +280,12 @@ def train_from_folder(
             )
             run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
             elapsed = (time.monotonic() - t_start) / 60
-            budget = None if max_minutes is None else max_minutes - elapsed
+            budget = None if max_minutes is None else max(0.0, max_minutes - elapsed)
             result = fit(
                 model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
                 scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
                 max_grad_norm=cfg.max_grad_norm, max_minutes=budget, amp=cfg.amp,
-                config={**asdict(cfg), **run, "world_size": info.world_size},
+                config={**settings, **run, "world_size": info.world_size},
             )  # fmt: skip
             if cfg.folds is not None and info.is_main and result.best.is_file():
                 write_out_of_fold(result.best, image_dir, meta, split[1], out / "oof.csv", device)

@@ -534,3 +534,21 @@ def test_classifier_resume_with_another_rate_is_refused(sample_data, preprocesse
     assert "lr: the run used 0.001, this call asks for 0.01" in str(info.value)
     assert "max_grad_norm: the run used None, this call asks for 1.0" in str(info.value)
     assert train_classifier(preprocessed, csv, run, resume=True, **FAST).epochs_done == 1
+
+
+def test_classify_refuses_a_classifier_whose_outputs_are_nan(tmp_path):
+    """Finite weights, NaN outputs (a BatchNorm variance below 0): refused naming the
+    classifier, never a CSV with an empty p_abnormal column."""
+    import cv2
+
+    model = build_classifier("cls_small")
+    model[1].running_var.fill_(-1.0)  # finite, but sqrt(var + eps) is NaN
+    ckpt = save_checkpoint(tmp_path / "nan.pt", model, epoch=1, config={"size": 32})
+    (tmp_path / "test").mkdir()
+    for image_id in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "test" / f"{image_id}.png"), np.full((32, 32), 128, np.uint8))
+    (tmp_path / "test_meta.csv").write_text("image_id,dim0,dim1\na,64,64\nb,64,64\n")
+    out = tmp_path / "p.csv"
+    with pytest.raises(CheckpointError, match=r"nan.pt gives p_abnormal NaN for 2 of 2 images"):
+        classify([ckpt], tmp_path, out)
+    assert not out.exists()

@@ -962,3 +962,40 @@ def test_predict_refuses_an_output_it_cannot_write_before_reading_any_image(tmp_
     blocker.write_text("")
     proc = run_main("predict", tmp_path / "a.pt", tmp_path, "--out", blocker / "sub.csv")
     assert "is a file, not a folder" in one_line_error(proc, "predict")
+
+
+def test_outputs_under_a_file_are_refused_before_the_work(tmp_path):
+    """fuse and classify check --out first (predict too, above), not after the work."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = one_line_error(run_main(*_fuse_args(tmp_path, blocker / "f.csv")), "fuse")
+    assert "is a file, not a folder" in err
+    err = one_line_error(
+        run_main("classify", tmp_path / "none.pt", tmp_path, "--out", blocker / "p.csv"), "classify"
+    )
+    assert "is a file, not a folder" in err  # not "none.pt does not exist": the output first
+
+
+@pytest.mark.slow  # a subprocess under a file-size limit
+def test_a_file_size_limit_is_one_line_and_leaves_no_file(tmp_path):
+    import resource
+
+    rows = "".join(f"img{i},Cardiomegaly,3,R1,10,20,110,120\n" for i in range(400))
+    train = tmp_path / "train.csv"
+    train.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n" + rows)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("image_id,dim0,dim1\n" + "".join(f"img{i},200,200\n" for i in range(400)))
+    out = tmp_path / "out" / "fused.csv"
+    out.parent.mkdir()
+
+    def limit() -> None:  # in the child: files may not grow past 4 KiB (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "fuse", str(train), str(out), "--meta", str(meta)],
+        capture_output=True, text=True, timeout=120, preexec_fn=limit,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    err = one_line_error(proc, "fuse")
+    assert "larger than this system allows" in err and "EFBIG" in err
+    assert list(out.parent.iterdir()) == []  # nothing under the final name, no temporary file

@@ -100,6 +100,13 @@ def test_train_config_is_saved_and_a_resume_names_each_changed_field(
         preprocessed, sample_data / "train.csv", run, cfg, resume=True, num_workers=0
     )
     assert again.epochs_done == 1
+    # the same images and classes with other boxes: a resume would train on them silently
+    moved = pd.read_csv(sample_data / "train.csv")
+    moved["x_max"] = moved["x_max"] - 1
+    other = tmp_path / "moved.csv"
+    moved.to_csv(other, index=False)
+    with pytest.raises(ResumeError, match="annotations_digest: .*boxes or images changed"):
+        train_from_folder(preprocessed, other, run, cfg, resume=True)
 
 
 def test_train_config_defaults_per_model():

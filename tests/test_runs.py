@@ -57,3 +57,15 @@ def test_out_of_fold_table_covers_exactly_the_validation_images(tmp_path):
     with pytest.raises(DatasetError, match=r"1 without a row \(e.g. \['c'\]\)"):
         write_out_of_fold_table(table, tmp_path / "oof2.csv", ["a", "b", "c"])
     assert not (tmp_path / "oof2.csv").exists()
+
+
+def test_table_digest_sees_boxes_not_row_order_or_float_noise():
+    from cxrkit.runs import table_digest
+
+    table = pd.DataFrame(
+        {"image_id": ["a", "b"], "class_id": [3, 14], "x_min": [1.0, None],
+         "y_min": [2.0, None], "x_max": [30.0, None], "y_max": [40.0, None]}
+    )  # fmt: skip
+    assert table_digest(table) == table_digest(table.iloc[::-1])
+    assert table_digest(table) == table_digest(table.assign(x_max=[30.0000001, None]))
+    assert table_digest(table) != table_digest(table.assign(x_max=[31.0, None]))
