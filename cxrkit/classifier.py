@@ -44,7 +44,8 @@ from cxrkit._atomic import write_csv_atomic
 from cxrkit._progress import tqdm
 from cxrkit.annotations import load_meta
 from cxrkit.checkpoints import load_checkpoint, require_kind
-from cxrkit.data import check_fold, check_images_exist, read_png
+from cxrkit.config import ClassifierConfig
+from cxrkit.data import check_images_exist, read_png
 from cxrkit.distributed import DistInfo, dist_info
 from cxrkit.engine import LossFn
 from cxrkit.errors import (
@@ -290,32 +291,6 @@ class ClassifierDataset(Dataset):
 
 
 # ------------------------------------------------------------------------ training
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Every setting of a classifier run, with its default (``train-classifier``)."""
-
-    model_name: str = "cls_small"
-    epochs: int = 10
-    batch_size: int = 16
-    size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    weights: str | None = None
-    valid_fraction: float = 0.2
-    seed: int = 42
-    num_workers: int = 0
-    folds: int | None = None
-    fold: int | None = None
-    warmup_iters: int = 0  # iterations of linear warmup at the start (cxrkit.engine.LinearWarmup)
-    max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping)
-
-    def checked(self) -> ClassifierConfig:
-        """This config with a known model and a possible fold (ConfigError, FoldError)."""
-        get_spec(self.model_name, "classifier")  # ConfigError naming the classifiers
-        check_fold(self.folds, self.fold)
-        return replace(self, weights=None if self.weights is None else str(self.weights))
-
-
 # A classifier run's result is fit's: ``best_auc``, ``best_epoch``, ``epochs_done``,
 # ``history``, ``best``, ``out_dir``; ``str()`` says "best validation AUC ...".
 ClassifierResult = FitResult
@@ -507,7 +482,7 @@ def train_classifier(
         seed_everything(cfg.seed)
         data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
         elapsed = (time.monotonic() - t_start) / 60
-        budget = None if max_minutes is None else max_minutes - elapsed
+        budget = None if max_minutes is None else max(0.0, max_minutes - elapsed)
         return _fit_classifier(cfg, data, out, run_config, device, resume, budget)
 
 

@@ -21,21 +21,20 @@ from typing import Any, NoReturn
 
 from cxrkit import doctor
 from cxrkit.config import (
+    ClassifierConfig,
     TrainConfig,
     add_config_options,
-    fold_count,
-    fraction_open,
     iou_threshold,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
+    resolve_classifier,
     resolve_with_reasons,
     typed_settings,
 )
 from cxrkit.errors import CxrkitError, OverwriteError
 from cxrkit.profiles import PROFILE_NAMES, choose_profile
-from cxrkit.registry import CLASSIFIER_NAMES
 
 # Only light modules load here (the standard library underneath). Each command
 # imports what it needs: the DICOM code (pydicom, OpenCV), pandas and torch load only
@@ -119,23 +118,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> int:
-    from cxrkit.classifier import train_classifier
+    config = resolve_classifier(ClassifierConfig(**typed_settings(args, ClassifierConfig)))
+    from cxrkit.classifier import train_classifier  # after the settings are checked
 
     result = train_classifier(
         data_dir=args.data_dir,
         annotations_csv=args.annotations_csv,
         out_dir=args.out,
-        model_name=args.model,
-        epochs=args.epochs,
-        size=args.size,
-        batch_size=args.batch_size,
-        weights=args.weights,
-        lr=args.lr,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        num_workers=args.workers,
-        folds=args.folds,
-        fold=args.fold,
+        config=config,
         resume=args.resume,
         overwrite=args.overwrite,
         max_minutes=args.max_minutes,
@@ -203,20 +193,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------- argument checks
 # Each is an argparse ``type=``: a bad value is refused in one line before any work.
-
-
-def _add_fold_options(p: argparse.ArgumentParser) -> None:
-    """``--folds K --fold F``: train one fold of a stratified k-fold split."""
-    p.add_argument(
-        "--folds", type=fold_count, default=None, metavar="K",
-        help="k-fold validation: split the images into K stratified folds, K >= 2 "
-        "(default: none, a --valid-fraction split)",
-    )  # fmt: skip
-    p.add_argument(
-        "--fold", type=non_negative_int, default=None, metavar="F",
-        help="the fold that validates, 0..K-1, with --folds; the run writes its "
-        "out-of-fold predictions (default: none)",
-    )  # fmt: skip
 
 
 def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -378,14 +354,6 @@ def _add_earlier_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_workers_option(p: argparse.ArgumentParser) -> None:
-    """--workers: the DataLoader's worker processes."""
-    p.add_argument(
-        "--workers", type=non_negative_int, default=0,
-        help="DataLoader worker processes (0: load in the main process)",
-    )  # fmt: skip
-
-
 def _add_train_command(p: argparse.ArgumentParser) -> None:
     """``train``: one option per field of :class:`cxrkit.config.TrainConfig`, plus the run's."""
     _add_run_inputs(p)
@@ -399,34 +367,14 @@ def _add_train_command(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
-    """``train-classifier``: train an image-level normal/abnormal classifier."""
+    """``train-classifier``: one option per field of :class:`cxrkit.config.ClassifierConfig`."""
     _add_run_inputs(p)
-    p.add_argument(
-        "--model", choices=CLASSIFIER_NAMES, default="cls_small", metavar="NAME",
-        help=f"classifier, one of: {', '.join(CLASSIFIER_NAMES)} (cls_small: a small "
-        "from-scratch model for a CPU)",
-    )  # fmt: skip
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train in all")
-    p.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
-    p.add_argument(
-        "--weights", default=None,
-        help="initial weights: DEFAULT (ImageNet, downloaded; not for cls_small), a local "
-        ".pth file or classifier checkpoint (default: none, random initial weights)",
-    )  # fmt: skip
+    add_config_options(p, ClassifierConfig)
     _add_earlier_run_options(p)
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
-    p.add_argument(
-        "--valid-fraction", type=fraction_open, default=0.2,
-        help="share of the images that validate, between 0 and 1 (without --folds)",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=42, help="random seed of the split and training")
-    _add_workers_option(p)
     p.add_argument(
         "--max-minutes", type=positive_float, default=None,
         help="stop before an epoch that would end later (default: no limit)",
     )  # fmt: skip
-    _add_fold_options(p)
     p.set_defaults(func=_cmd_train_classifier, command_parser=p)
 
 

@@ -25,7 +25,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from cxrkit.errors import ConfigError
-from cxrkit.registry import MODEL_NAMES, ModelSpec, get_spec
+from cxrkit.registry import CLASSIFIER_NAMES, MODEL_NAMES, ModelSpec, get_spec, model_names
 
 
 # ------------------------------------------------------------ values a setting takes
@@ -99,7 +99,15 @@ def size_or_auto(text: str) -> int | str:
 
 
 # ------------------------------------------------------------------------ settings
-PER_MODEL = "the model's recipe"  # the help's default for a field the model's spec fills
+PER_MODEL = "the model's recipe"
+FOLDS_HELP = (
+    "k-fold validation: split the images into K stratified folds, K >= 2 "
+    "(default: none, a --valid-fraction split)"
+)
+FOLD_HELP = (
+    "the fold that validates, 0..K-1, with --folds; the run writes its out-of-fold "
+    "predictions (default: none)"
+)  # the help's default for a field the model's spec fills
 
 
 def setting(
@@ -187,20 +195,8 @@ class TrainConfig:
         "boxes (then --size defaults to auto)",
         choices=("stock", "auto"),
     )
-    folds: int | None = setting(
-        None,
-        "k-fold validation: split the images into K stratified folds, K >= 2 "
-        "(default: none, a --valid-fraction split)",
-        parse=fold_count,
-        metavar="K",
-    )
-    fold: int | None = setting(
-        None,
-        "the fold that validates, 0..K-1, with --folds; the run writes its "
-        "out-of-fold predictions (default: none)",
-        parse=non_negative_int,
-        metavar="F",
-    )
+    folds: int | None = setting(None, FOLDS_HELP, parse=fold_count, metavar="K")
+    fold: int | None = setting(None, FOLD_HELP, parse=non_negative_int, metavar="F")
     amp: bool | None = setting(None, "mixed precision; None: on for CUDA", cli=False)
     repeat_threshold: float | None = setting(
         None,
@@ -220,14 +216,14 @@ class TrainConfig:
         return resolve(self)
 
 
-def config_fields(cli_only: bool = False) -> list[Any]:
-    """The dataclass fields of :class:`TrainConfig` (only those the command line offers)."""
-    return [f for f in fields(TrainConfig) if f.metadata.get("cli") or not cli_only]
+def config_fields(cli_only: bool = False, config_class: type = TrainConfig) -> list[Any]:
+    """The dataclass fields of a config class (only those the command line offers)."""
+    return [f for f in fields(config_class) if f.metadata.get("cli") or not cli_only]
 
 
-def default_of(name: str) -> Any:
+def default_of(name: str, config_class: type = TrainConfig) -> Any:
     """The dataclass default of the field ``name``."""
-    found = {f.name: f for f in fields(TrainConfig)}[name]
+    found = {f.name: f for f in fields(config_class)}[name]
     return None if found.default is MISSING else found.default
 
 
@@ -313,36 +309,115 @@ def as_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- command line
-def _default_text(f: Any) -> str:
+def _task_of(config_class: type) -> str:
+    return "classifier" if config_class is ClassifierConfig else "detector"
+
+
+def _default_text(f: Any, config_class: type) -> str:
     """What ``--help`` says a field defaults to."""
-    if f.default is None and f.name in get_spec("cxr_small").training_defaults():
-        values = ", ".join(
-            f"{name} {get_spec(name).training_defaults()[f.name]}" for name in MODEL_NAMES
-        )
-        return f" (default: {PER_MODEL}: {values})"
+    names = model_names(_task_of(config_class))
+    if f.default is None and f.name in get_spec(names[0]).training_defaults():
+        values = [get_spec(n).training_defaults()[f.name] for n in names]
+        if len(set(values)) == 1:
+            return f" (default: {values[0]}, the recipe of every {_task_of(config_class)})"
+        listed = ", ".join(f"{n} {v}" for n, v in zip(names, values, strict=True))
+        return f" (default: {PER_MODEL}: {listed})"
     if "(default" in f.metadata["help"] or f.default is None:
         return ""
     return f" (default: {f.default})"
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """Add one option per command-line field of :class:`TrainConfig` to ``parser``.
+def add_config_options(parser: argparse.ArgumentParser, config_class: type = TrainConfig) -> None:
+    """Add one option per command-line field of ``config_class`` to ``parser``.
 
     Every option defaults to ``argparse.SUPPRESS``: the parsed namespace holds only
     what was typed, so a profile's settings and the dataclass defaults apply to the
     rest without looking into argparse (:func:`typed_settings`).
     """
-    for f in config_fields(cli_only=True):
+    for f in config_fields(cli_only=True, config_class=config_class):
         meta = f.metadata
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         for key, arg in (("parse", "type"), ("choices", "choices"), ("metavar", "metavar")):
             if meta[key] is not None:
                 kwargs[arg] = meta[key]
-        parser.add_argument(flag, help=meta["help"] + _default_text(f), **kwargs)
+        parser.add_argument(flag, help=meta["help"] + _default_text(f, config_class), **kwargs)
 
 
-def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`TrainConfig` fields set on the command line (see :func:`add_config_options`)."""
-    names = {f.name for f in config_fields(cli_only=True)}
+def typed_settings(args: argparse.Namespace, config_class: type = TrainConfig) -> dict[str, Any]:
+    """The fields of ``config_class`` set on the command line (see :func:`add_config_options`)."""
+    names = {f.name for f in config_fields(cli_only=True, config_class=config_class)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+# ------------------------------------------------------------------ classifier
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Every setting of a classifier run (``train-classifier``), with its default.
+
+    Fields left at ``None`` take the classifier's recipe from its
+    :class:`~cxrkit.registry.ModelSpec` (:func:`resolve_classifier`).
+    """
+
+    model_name: str = setting(
+        "cls_small",
+        "classifier: "
+        + ", ".join(CLASSIFIER_NAMES)
+        + " (cls_small: small, from scratch, for a CPU)",
+        flag="--model",
+        choices=CLASSIFIER_NAMES,
+        metavar="NAME",
+    )
+    epochs: int | None = setting(None, "epochs to train in all", parse=positive_int)
+    batch_size: int | None = setting(None, "images per step", parse=positive_int)
+    size: int | None = setting(None, "image side in pixels", parse=positive_int)
+    lr: float | None = setting(None, "AdamW learning rate", parse=positive_float)
+    weight_decay: float | None = setting(None, "AdamW weight decay", cli=False)
+    weights: str | None = setting(
+        None,
+        "initial weights: DEFAULT (ImageNet, downloaded; not for cls_small), a local .pth file "
+        "or classifier checkpoint (default: none, random initial weights)",
+    )
+    valid_fraction: float = setting(
+        0.2, "share of the images that validate, between 0 and 1 (without --folds)",
+        parse=fraction_open,
+    )  # fmt: skip
+    seed: int = setting(42, "random seed of the split and training", parse=int)
+    num_workers: int = setting(
+        0, "DataLoader worker processes (0: load in the main process)", flag="--workers",
+        metavar="N", parse=non_negative_int,
+    )  # fmt: skip
+    folds: int | None = setting(None, FOLDS_HELP, parse=fold_count, metavar="K")
+    fold: int | None = setting(None, FOLD_HELP, parse=non_negative_int, metavar="F")
+    warmup_iters: int | None = setting(None, "steps of linear warmup at the start", cli=False)
+    max_grad_norm: float | None = setting(None, "clip gradients to this norm", cli=False)
+
+    def checked(self) -> ClassifierConfig:
+        """This config resolved (:func:`resolve_classifier`)."""
+        return resolve_classifier(self)
+
+
+def resolve_classifier(cfg: ClassifierConfig) -> ClassifierConfig:
+    """``cfg`` with the classifier's recipe in every field left at None; ConfigError
+    for an unknown classifier or settings that cannot go together."""
+    spec = get_spec(cfg.model_name, "classifier")
+    if cfg.folds is not None and cfg.valid_fraction != default_of(
+        "valid_fraction", ClassifierConfig
+    ):
+        raise ConfigError(
+            f"valid_fraction {cfg.valid_fraction} is not used with folds: fold {cfg.fold} of "
+            f"{cfg.folds} validates; give one of --valid-fraction or --folds/--fold"
+        )
+    from cxrkit.data import check_fold  # here: cxrkit.data imports torch
+
+    check_fold(cfg.folds, cfg.fold)
+    recipe = spec.training_defaults()
+    filled = {k: recipe[k] for k in CLASSIFIER_RECIPE_FIELDS if getattr(cfg, k) is None}
+    weights = None if cfg.weights is None else str(cfg.weights)
+    return replace(cfg, **filled, weights=weights)
+
+
+# The ClassifierConfig fields a classifier's spec fills (the rest are the run's own).
+CLASSIFIER_RECIPE_FIELDS = (
+    "epochs", "batch_size", "size", "lr", "weight_decay", "warmup_iters", "max_grad_norm",
+)  # fmt: skip

@@ -192,3 +192,18 @@ def test_no_private_argparse_names():
         p.name: found for p in _sources() if (found := private_argparse_uses(p.read_text()))
     }
     assert not offenders, offenders
+
+
+def test_the_classifier_settings_come_from_its_spec_too():
+    from cxrkit.config import ClassifierConfig, resolve_classifier
+
+    cfg = resolve_classifier(ClassifierConfig())
+    spec = get_spec("cls_small", "classifier")
+    assert (cfg.size, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.epochs) == (
+        spec.size, spec.batch_size, spec.lr, spec.weight_decay, spec.epochs,
+    )  # fmt: skip
+    assert resolve_classifier(ClassifierConfig(lr=0.01, warmup_iters=0)).lr == 0.01
+    with pytest.raises(ConfigError, match="'cxr_small' is a detector, not a classifier"):
+        resolve_classifier(ClassifierConfig(model_name="cxr_small"))
+    with pytest.raises(ConfigError, match="not used with folds"):
+        resolve_classifier(ClassifierConfig(folds=2, fold=0, valid_fraction=0.3))
