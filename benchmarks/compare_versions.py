@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from notebook_spread import cpu_model  # the CPU's name, as every benchmark prints it
 
 ROOT = Path(__file__).resolve().parents[1]
 # (script, line label, what it measures)
@@ -34,17 +34,6 @@ MEASURES = [
     ("bench_train.py", r"cxrkit predict\s+([\d.]+) ms", "detector predict batch"),
     ("bench_classifier.py", r"cxrkit\s+([\d.]+) ms", "classifier train step (cls_small)"),
 ]
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it (the platform's otherwise)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_benchmarks(tree: Path) -> str:
