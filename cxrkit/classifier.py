@@ -220,6 +220,7 @@ def classifier_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
     check_state_matches(model, ckpt["model"], path, repr(name))
     model.load_state_dict(ckpt["model"])
     model.cxrkit_size = int((ckpt.get("config") or {}).get("size") or 256)  # type: ignore[attr-defined]
+    model.cxrkit_path = str(path)  # type: ignore[attr-defined]
     return model
 
 
@@ -488,7 +489,7 @@ def train_classifier(
 
 # ------------------------------------------------------------------------ classify
 def classify(
-    checkpoints: Sequence[str | os.PathLike],
+    checkpoints: Sequence[str | os.PathLike | nn.Module],
     data_dir: str | os.PathLike,
     out_csv: str | os.PathLike | None = None,
     split: str = "test",
@@ -498,10 +499,14 @@ def classify(
     ``checkpoints`` (e.g. the fold runs' ``best.pt``); written to ``out_csv`` if given.
 
     A detector's checkpoint is a :class:`CheckpointError` before any image is read.
+    A classifier already rebuilt (:func:`classifier_from_checkpoint`) is used as it is,
+    so a pipeline that checked the files first reads each of them once.
     """
     if not checkpoints:
         raise ConfigError("classify needs at least one checkpoint")
-    models = [classifier_from_checkpoint(c) for c in checkpoints]  # all checked first
+    models = [  # all checked before any image
+        c if isinstance(c, nn.Module) else classifier_from_checkpoint(c) for c in checkpoints
+    ]
     data = Path(data_dir)
     meta_path = data / f"{split}_meta.csv"
     if not meta_path.is_file():
@@ -512,7 +517,8 @@ def classify(
     check_images_exist(data / split, ids)
     device = try_gpu()
     total = np.zeros(len(ids))
-    for checkpoint, model in zip(checkpoints, models, strict=True):
+    for given, model in zip(checkpoints, models, strict=True):
+        checkpoint = getattr(model, "cxrkit_path", given)
         dataset = ClassifierDataset(data / split, ids, size=model.cxrkit_size)
         loader = DataLoader(dataset, batch_size, shuffle=False)
         p_abnormal = predict_probabilities(model.to(device), loader, device)["p_abnormal"]

@@ -29,7 +29,7 @@ from torch import nn
 from cxrkit._atomic import check_writable
 from cxrkit.annotations import load_meta
 from cxrkit.checkpoints import checkpoint_size, load_checkpoint, require_kind
-from cxrkit.classifier import classify
+from cxrkit.classifier import classifier_from_checkpoint, classify
 from cxrkit.data import TestDataset, check_images_exist
 from cxrkit.engine import predict
 from cxrkit.ensemble import fuse_tables
@@ -177,13 +177,12 @@ def classifier_step(
 ) -> TableStep:
     """The classifiers' mean ``p_abnormal`` applied to the table
     (:func:`cxrkit.postprocess.apply_classifier`); checked when the step is made."""
-    for checkpoint in classifiers:
-        require_kind(load_checkpoint(checkpoint), "classifier", checkpoint)
+    models = [classifier_from_checkpoint(c) for c in classifiers]  # each file read once
     if mode == "bands":
         check_bands(low, high)
 
     def apply(table: pd.DataFrame, ctx: PredictContext) -> pd.DataFrame:
-        probs = classify(classifiers, ctx.data_dir, probs_csv, split=ctx.split)
+        probs = classify(models, ctx.data_dir, probs_csv, split=ctx.split)
         return apply_classifier(table, probs, low, high, mode=mode, image_ids=ctx.image_ids)
 
     return apply

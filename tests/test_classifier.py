@@ -552,3 +552,33 @@ def test_classify_refuses_a_classifier_whose_outputs_are_nan(tmp_path):
     with pytest.raises(CheckpointError, match=r"nan.pt gives p_abnormal NaN for 2 of 2 images"):
         classify([ckpt], tmp_path, out)
     assert not out.exists()
+
+
+def test_the_predict_pipeline_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    """Two detectors and a classifier: three torch.load calls, one per file."""
+    import cv2
+    from helpers import small_model
+
+    import cxrkit.checkpoints
+    from cxrkit.predict import predict_ensemble
+
+    detectors = []
+    for name in ("d1.pt", "d2.pt"):
+        detectors.append(save_checkpoint(tmp_path / name, small_model(64), epoch=1))
+    cls = save_checkpoint(tmp_path / "c.pt", build_classifier("cls_small"), epoch=1,
+                          config={"size": 32})  # fmt: skip
+    (tmp_path / "test").mkdir()
+    for image_id in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "test" / f"{image_id}.png"), np.full((64, 64), 90, np.uint8))
+    (tmp_path / "test_meta.csv").write_text("image_id,dim0,dim1\na,128,128\nb,128,128\n")
+    reads: list[str] = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(Path(getattr(f, "name", f)).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(cxrkit.checkpoints.torch, "load", counting_load)
+    out = predict_ensemble(detectors, tmp_path, tmp_path / "sub.csv", classifiers=[cls])
+    assert out.is_file()
+    assert sorted(reads) == ["c.pt", "d1.pt", "d2.pt"], reads
