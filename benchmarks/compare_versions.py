@@ -28,19 +28,28 @@ import torch
 from notebook_spread import cpu_model  # the CPU's name, as every benchmark prints it
 
 ROOT = Path(__file__).resolve().parents[1]
-# (script, line label, what it measures)
+# what each benchmark prints: (label, cxrkit's line, the bare loop's line in the same process)
 MEASURES = [
-    ("bench_train.py", r"cxrkit train_one_ep\s+([\d.]+) ms", "detector train step (cxr_small)"),
-    ("bench_train.py", r"cxrkit predict\s+([\d.]+) ms", "detector predict batch"),
-    ("bench_classifier.py", r"cxrkit\s+([\d.]+) ms", "classifier train step (cls_small)"),
+    (
+        "detector train step (cxr_small)",
+        r"cxrkit train_one_ep\s+([\d.]+) ms",
+        r"seed bare loop\s+([\d.]+) ms",
+    ),
+    (
+        "detector predict batch",
+        r"cxrkit predict\s+([\d.]+) ms",
+        r"bare model\(images\)\s+([\d.]+) ms",
+    ),
+    ("classifier train step (cls_small)", r"^cxrkit\s+([\d.]+) ms", r"^bare loop\s+([\d.]+) ms"),
 ]
+SCRIPTS = ("bench_train.py", "bench_classifier.py")
 
 
 def run_benchmarks(tree: Path) -> str:
     """The output of both benchmark scripts of ``tree``, run with that tree's cxrkit."""
     env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
     out = []
-    for script in sorted({m[0] for m in MEASURES}):
+    for script in SCRIPTS:
         proc = subprocess.run(
             [sys.executable, str(tree / "benchmarks" / script)],
             cwd=tree,
@@ -66,23 +75,23 @@ def main() -> None:
         try:
             for which in ("base", "this", "this", "base"):
                 text = run_benchmarks(base if which == "base" else ROOT)
-                for _, pattern, label in MEASURES:
-                    found = re.search(pattern, text)
-                    if found:
-                        times[which].setdefault(label, []).append(float(found.group(1)))
+                for label, ours, bare in MEASURES:
+                    for key, pattern in ((label, ours), (label + " bare", bare)):
+                        found = re.search(pattern, text, re.MULTILINE)
+                        if found:
+                            times[which].setdefault(key, []).append(float(found.group(1)))
         finally:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=True
             )
     print(f"{cpu_model()}, {torch.get_num_threads()} torch threads; base {args.rev} vs this tree")
-    print(f"{'median ms':36s} {'base':>9s} {'this':>9s} {'this/base':>10s}")
-    for _, _, label in MEASURES:
-        old, new = times["base"].get(label), times["this"].get(label)
-        if not old or not new:
-            print(f"{label:36s} not measured in both trees")
-            continue
-        a, b = statistics.median(old), statistics.median(new)
-        print(f"{label:36s} {a:9.1f} {b:9.1f} {b / a:10.2f}")
+    print("median ms of cxrkit's step, and its ratio to the bare loop timed in the same process")
+    print(f"{'':36s} {'base ms':>8s} {'this ms':>8s} {'base/bare':>10s} {'this/bare':>10s}")
+    for label, _, _ in MEASURES:
+        row = [statistics.median(times[w].get(k) or [float("nan")]) for w in ("base", "this")
+               for k in (label, label + " bare")]  # fmt: skip
+        old, old_bare, new, new_bare = row
+        print(f"{label:36s} {old:8.1f} {new:8.1f} {old / old_bare:10.2f} {new / new_bare:10.2f}")
 
 
 if __name__ == "__main__":
