@@ -317,10 +317,9 @@ def test_train_with_auto_anchors_stores_them_and_predict_uses_them(
 
 def test_too_few_boxes_for_auto_anchors_is_a_clear_error(tmp_path):
     """Through the CLI: one line naming the problem and the way out, exit status 2."""
-    import subprocess
-    import sys
 
     import cv2
+    from helpers import run_main
 
     data = tmp_path / "pre"
     (data / "train").mkdir(parents=True)
@@ -335,9 +334,10 @@ def test_too_few_boxes_for_auto_anchors_is_a_clear_error(tmp_path):
     ]
     columns = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
     pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "train.csv", index=False)
-    command = [sys.executable, "-m", "cxrkit", "train", str(data), str(tmp_path / "train.csv")]
-    command += ["--out", str(tmp_path / "run"), "--anchors", "auto", "--valid-fraction", "0.5"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    out = run_main(
+        "train", data, tmp_path / "train.csv", "--out", tmp_path / "run", "--anchors", "auto",
+        "--valid-fraction", "0.5",
+    )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "cannot fit anchors" in out.stderr and "--anchors stock" in out.stderr
     assert "Traceback" not in out.stderr

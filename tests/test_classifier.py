@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import run_main
 
 from cxrkit.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from cxrkit.classifier import (
@@ -172,8 +173,7 @@ def test_classify_cli_refuses_a_detector_in_one_line(tmp_path):
     from helpers import small_model
 
     save_checkpoint(tmp_path / "det.pt", small_model(64), epoch=1)
-    cmd = [sys.executable, "-m", "cxrkit", "classify", str(tmp_path / "det.pt"), str(tmp_path)]
-    done = subprocess.run([*cmd, "--out", str(tmp_path / "p.csv")], capture_output=True, text=True)
+    done = run_main("classify", tmp_path / "det.pt", tmp_path, "--out", tmp_path / "p.csv")
     assert done.returncode == 2, done.stderr
     assert "holds a detector" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.csv").exists()
@@ -373,7 +373,6 @@ def test_fuse_tables_keeps_agreed_boxes_and_halves_a_lone_one():
 
 def test_predict_refuses_a_classifier_as_detector_and_bad_bands_in_one_line(tmp_path):
     cls = _classifier_ckpt(tmp_path / "cls.pt")
-    base = [sys.executable, "-m", "cxrkit", "predict"]
     out = ["--out", str(tmp_path / "sub.csv")]
     for argv, message in [
         ([str(cls), str(tmp_path)], "holds a normal/abnormal classifier"),
@@ -385,7 +384,7 @@ def test_predict_refuses_a_classifier_as_detector_and_bad_bands_in_one_line(tmp_
         ([str(cls), str(cls), str(tmp_path), "--wbf-weights", "1"], "one per checkpoint"),
         ([str(cls), str(tmp_path), "--low", "1.5"], "argument --low: must be between 0 and 1"),
     ]:
-        done = subprocess.run([*base, *argv, *out], capture_output=True, text=True)
+        done = run_main("predict", *argv, *out)
         assert done.returncode == 2, (argv, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "sub.csv").exists()
@@ -439,14 +438,10 @@ def test_ensemble_with_tta_and_classifier_writes_a_valid_submission(preprocessed
     assert not set(boxes["image_id"]) & set(p.index[p < 0.2])  # likely-normal: no boxes
 
 
-def test_train_classifier_refuses_torchrun_in_one_line(tmp_path):
-    import os
-
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    cmd = [sys.executable, "-m", "cxrkit", "train-classifier", str(tmp_path), "t.csv"]
-    done = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env
-    )
+def test_train_classifier_refuses_torchrun_in_one_line(tmp_path, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)  # as torchrun sets them
+    done = run_main("train-classifier", tmp_path, "t.csv", "--out", tmp_path / "run")
     assert done.returncode == 2 and "under torchrun" in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
 
@@ -495,10 +490,10 @@ def test_classifier_stops_on_a_non_finite_loss(sample_data, preprocessed, tmp_pa
 def test_train_classifier_cli_reports_a_non_finite_loss_in_one_line(
     sample_data, preprocessed, tmp_path
 ):
-    cmd = [sys.executable, "-m", "cxrkit", "train-classifier", str(preprocessed),
-           str(sample_data / "train.csv"), "--out", str(tmp_path / "run"), "--lr", "1e6",
-           "--epochs", "5", "--size", "64", "--batch-size", "8"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = run_main(
+        "train-classifier", preprocessed, sample_data / "train.csv", "--out", tmp_path / "run",
+        "--lr", "1e6", "--epochs", "5", "--size", "64", "--batch-size", "8",
+    )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Lower the learning rate" in lines[0], lines
