@@ -55,7 +55,7 @@ from cxrkit.errors import (
     UnsupportedError,
     WeightsError,
 )
-from cxrkit.fit import FitResult, Task, fit
+from cxrkit.fit import FitResult, Task, fit_run
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import roc_auc
 from cxrkit.models import check_finite, check_state_matches, read_weights_file
@@ -433,11 +433,10 @@ def _fit_classifier(
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
-    result = fit(
-        model, train_loader, valid_loader, out, cfg.epochs, device, optimizer, scheduler,
-        task=classification_task(loss_fn, labels), resume=resume, seed=cfg.seed,
-        warmup_iters=cfg.warmup_iters, max_grad_norm=cfg.max_grad_norm,
-        max_minutes=max_minutes, config={**run_config, "pos_weight": weight},
+    result = fit_run(
+        model, train_loader, valid_loader, out, device, optimizer, scheduler,
+        {**run_config, "pos_weight": weight}, task=classification_task(loss_fn, labels),
+        resume=resume, max_minutes=max_minutes,
     )  # fmt: skip
     if cfg.folds is not None and result.best.is_file():
         _write_out_of_fold(out, valid_loader, data, device)

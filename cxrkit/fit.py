@@ -554,3 +554,36 @@ def fit(
         out, int(done), state.best_score, state.best_epoch, history, stopped_early,
         task.metric, task.metric_label,
     )  # fmt: skip
+
+
+def fit_run(
+    model: nn.Module,
+    train_loader: Iterable,
+    valid_loader: Iterable | None,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: Mapping[str, Any],
+    *,
+    task: Task | None = None,
+    resume: bool = False,
+    max_minutes: float | None = None,
+) -> FitResult:
+    """:func:`fit` with a run's resolved config passed whole: ``epochs``, ``seed``,
+    ``warmup_iters``, ``max_grad_norm`` and ``amp`` are read from it, and it is saved
+    whole in every checkpoint (what ``train`` and ``train-classifier`` run).
+
+    Args:
+        config: ``asdict`` of a resolved :class:`cxrkit.config.TrainConfig` or
+            :class:`~cxrkit.config.ClassifierConfig`, plus what the run adds (paths,
+            the table's digest).
+        task, resume, max_minutes: as in :func:`fit`.
+    """
+    return fit(
+        model, train_loader, valid_loader, out_dir, int(config["epochs"]), device, optimizer,
+        scheduler, task=task, resume=resume, seed=int(config["seed"]),
+        warmup_iters=int(config.get("warmup_iters") or 0),
+        max_grad_norm=config.get("max_grad_norm"), amp=config.get("amp"),
+        max_minutes=max_minutes, config=config,
+    )  # fmt: skip

@@ -42,7 +42,7 @@ from cxrkit.data import (
 from cxrkit.distributed import DistInfo, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
 from cxrkit.errors import AnnotationError, ConfigError
-from cxrkit.fit import FitResult, fit, make_optimizer, make_scheduler
+from cxrkit.fit import FitResult, fit_run, make_optimizer, make_scheduler
 from cxrkit.models import build_model, model_from_checkpoint
 from cxrkit.runs import (  # the run-folder helpers; still importable from cxrkit.train
     check_resume_settings,
@@ -281,11 +281,10 @@ def train_from_folder(
             run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
             elapsed = (time.monotonic() - t_start) / 60
             budget = None if max_minutes is None else max(0.0, max_minutes - elapsed)
-            result = fit(
-                model, train_loader, valid_loader, out, cfg.epochs, device, optimizer,
-                scheduler, resume=resume, seed=cfg.seed, warmup_iters=cfg.warmup_iters,
-                max_grad_norm=cfg.max_grad_norm, max_minutes=budget, amp=cfg.amp,
-                config={**settings, **run, "world_size": info.world_size},
+            config = {**settings, **run, "world_size": info.world_size}  # saved whole
+            result = fit_run(
+                model, train_loader, valid_loader, out, device, optimizer, scheduler, config,
+                resume=resume, max_minutes=budget,
             )  # fmt: skip
             if cfg.folds is not None and info.is_main and result.best.is_file():
                 write_out_of_fold(result.best, image_dir, meta, split[1], out / "oof.csv", device)

@@ -135,22 +135,22 @@ def test_gpu_profile_reaches_fit_unchanged(monkeypatch, offline, preprocessed, s
         built.update(name=name, weights=weights, **kw)
         return small_model()  # never a resnet50 in a test
 
-    def fake_fit(model, train_loader, valid_loader, out_dir, epochs, device, opt, sched, **kw):
-        fitted.update(epochs=epochs, batch=train_loader.batch_size, scheduler=sched, **kw)
+    def fake_fit(model, train_loader, valid_loader, out_dir, device, opt, sched, config, **kw):
+        fitted.update(batch=train_loader.batch_size, scheduler=sched, config=config, **kw)
         return "fit result"
 
     monkeypatch.setattr(cxrkit.train, "build_model", fake_build)
-    monkeypatch.setattr(cxrkit.train, "fit", fake_fit)
+    monkeypatch.setattr(cxrkit.train, "fit_run", fake_fit)  # the config, passed whole
     result = train_from_folder(
         preprocessed, sample_data / "train.csv", preprocessed.parent / "run",
         TrainConfig.from_profile(profile),
     )  # fmt: skip
     assert result == "fit result"
     assert built["name"] == profile.model_name and built["weights"] == "coco.pth"
-    assert fitted["epochs"] == profile.epochs and fitted["batch"] == profile.batch_size
-    assert fitted["amp"] is True
-    assert isinstance(fitted["scheduler"], torch.optim.lr_scheduler.StepLR)  # the seed's
     config = fitted["config"]
+    assert config["epochs"] == profile.epochs and fitted["batch"] == profile.batch_size
+    assert config["amp"] is True
+    assert isinstance(fitted["scheduler"], torch.optim.lr_scheduler.StepLR)  # the seed's
     for field, value in profile.settings().items():
         assert config[field] == value, field
 
