@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from cxrkit.errors import ConfigError
@@ -278,7 +278,11 @@ def resolve_with_reasons(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
         if key not in filled and unset:  # --size 0 meant the model's size and still does
             filled[key] = value
     reasons = []
-    taken = {k: v for k, v in filled.items() if k != "size" or v != "auto"}
+    taken = {
+        k: v
+        for k, v in filled.items()
+        if (k != "size" or v != "auto") and not (scratch and k in FROM_SCRATCH)
+    }
     if taken:
         listed = ", ".join(f"{k} {v}" for k, v in taken.items())
         reasons.append(f"{listed}: {spec.name}'s recipe (cxrkit.registry)")
@@ -301,11 +305,6 @@ def resolve(cfg: TrainConfig, show: bool = False) -> TrainConfig:
         for reason in reasons:
             print(reason)
     return resolved
-
-
-def as_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as the plain dict a checkpoint stores (``weights_only`` loads it)."""
-    return asdict(cfg)
 
 
 # --------------------------------------------------------------- command line
