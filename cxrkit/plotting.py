@@ -486,16 +486,18 @@ def plot_history(
 
 
 def find_figures_dir(start: str | os.PathLike | None = None) -> Path:
-    """``figures/`` of the repository containing ``start`` (default: the current directory).
+    """Where a notebook running in ``start`` (default: the current folder) saves figures.
 
-    Walks up to the first folder holding ``pyproject.toml`` or a ``figures/``
-    folder, so a notebook run from ``notebooks/`` still saves to the top-level
-    ``figures/``; falls back to ``./figures``.
+    The repository's own ``notebooks/`` (or its root) saves to the top-level
+    ``figures/`` that the README shows; any other folder, such as a copy of the
+    notebooks to play with, saves to its own ``figures/``, so running a copy never
+    rewrites the repository's committed figures.
     """
     here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() or (folder / "figures").is_dir():
-            return folder / "figures"
+    for root in (here, here.parent):
+        is_repository = (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir()
+        if is_repository and here in (root, root / "notebooks"):
+            return root / "figures"
     return here / "figures"
 
 

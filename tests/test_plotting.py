@@ -203,6 +203,19 @@ def test_save_figure_default_folder(tmp_path, monkeypatch):
     assert save_figure(fig, "x").resolve() == tmp_path.resolve() / "figures" / "x.png"
 
 
+def test_a_copy_of_the_notebooks_saves_its_own_figures(tmp_path, monkeypatch):
+    """README: `cp -r notebooks my-notebooks`; running the copy leaves figures/ alone."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "my-notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "my-notebooks")
+    fig, _ = plt.subplots(figsize=(1, 1))
+    assert (
+        save_figure(fig, "x").resolve() == tmp_path.resolve() / "my-notebooks" / "figures" / "x.png"
+    )
+    assert not (tmp_path / "figures").exists()
+
+
 def test_save_figure_rejects_paths(tmp_path):
     fig, _ = plt.subplots()
     with pytest.raises(ValueError, match="plain file name"):
