@@ -18,7 +18,14 @@ import pandas as pd
 
 from cxrkit._progress import tqdm
 from cxrkit.errors import AnnotationError, ConfigError, DataNotFoundError
-from cxrkit.formats import BOX_COLUMNS, META_COLUMNS, TRAIN_COLUMNS, image_sizes, path_like_ids
+from cxrkit.formats import (
+    BOX_COLUMNS,
+    META_COLUMNS,
+    TRAIN_COLUMNS,
+    formula_like_ids,
+    image_sizes,
+    path_like_ids,
+)
 from cxrkit.labels import CLASS_NAMES, NO_FINDING_ID, NUM_CLASSES
 
 __all__ = [
@@ -41,6 +48,10 @@ __all__ = [
 
 FUSED_RAD_ID = "wbf"
 _PATH_ID = "image_id is a path, not a name (an id must not hold '/', '\\' or '..')"
+_FORMULA_ID = (
+    "image_id starts like a spreadsheet formula ('=', '+', '-' or '@'): a spreadsheet opening "
+    "the CSVs cxrkit writes would run it; rename the image"
+)
 _MAX_LISTED = 5  # problems spelled out in one error message
 
 
@@ -279,6 +290,7 @@ def _validate_with_lines(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, n
     problems = _Problems(image_ids.to_numpy())
     problems.report(id_blank, lambda p: "image_id is empty")
     problems.report(path_like_ids(image_ids).to_numpy(), lambda p: _PATH_ID)
+    problems.report(formula_like_ids(image_ids).to_numpy(), lambda p: _FORMULA_ID)
     cls_int, cls_ok = _check_classes(df, problems)
     coords, present, any_bad_number = _check_numbers(df, problems)
     _check_boxes(cls_int, cls_ok, coords, present, any_bad_number, problems)
@@ -348,6 +360,8 @@ def validate_meta(df: pd.DataFrame, source: str = "meta") -> pd.DataFrame:
         problems.append((int(pos), "", "image_id is empty"))
     for pos in np.flatnonzero(path_like_ids(ids).to_numpy()):
         problems.append((int(pos), ids.iloc[pos], _PATH_ID))
+    for pos in np.flatnonzero(formula_like_ids(ids).to_numpy()):
+        problems.append((int(pos), ids.iloc[pos], _FORMULA_ID))
     dup = ids.duplicated(keep="first").to_numpy() & ~blank
     for pos in np.flatnonzero(dup):
         first = int(np.flatnonzero(ids.to_numpy() == ids.iloc[pos])[0])

@@ -78,3 +78,20 @@ def path_like_ids(image_ids: pd.Series) -> pd.Series:
     [False, True, True]
     """
     return image_ids.astype(str).map(lambda i: any(part in i for part in PATH_PARTS)).astype(bool)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection):
+# an id that does would be code, not a name, in the CSVs cxrkit writes.
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@")
+
+
+def formula_like_ids(image_ids: pd.Series) -> pd.Series:
+    """True where an image id starts like a spreadsheet formula (``=``, ``+``, ``-``, ``@``).
+
+    Real VinBigData ids are hexadecimal; such an id would be run, not shown, by a
+    spreadsheet that opens a submission or a table cxrkit wrote.
+
+    >>> formula_like_ids(pd.Series(["a1b2", "=HYPERLINK(1)", "-x"])).tolist()
+    [False, True, True]
+    """
+    return image_ids.astype(str).str.startswith(FORMULA_STARTS).astype(bool)

@@ -21,6 +21,7 @@ from cxrkit.formats import (
     NO_FINDING_BOX,
     PREDICTION_COLUMNS,
     SUBMISSION_COLUMNS,
+    formula_like_ids,
     image_sizes,
     path_like_ids,
 )
@@ -322,6 +323,11 @@ def _validate(
         errors.append(
             f"{source}: row {i} (image_id {ids.iloc[i]}): the id is a path, not a name "
             "(an id must not hold '/', '\\' or '..')"
+        )
+    for i in np.flatnonzero(formula_like_ids(ids).to_numpy())[:MAX_LISTED_ERRORS]:
+        errors.append(
+            f"{source}: row {i} (image_id {ids.iloc[i]}): the id starts like a spreadsheet "
+            "formula ('=', '+', '-' or '@'); a spreadsheet opening the file would run it"
         )
     if image_ids is not None:
         expected = pd.Index([str(i) for i in image_ids])

@@ -469,3 +469,15 @@ def test_fuse_boxes_bad_parameters(small_ann):
         fuse_boxes(small_ann, META, conf_type="mean")
     with pytest.raises(ValueError, match=r"iou_thr must be in \[0, 1\]"):
         fuse_boxes(small_ann, META, iou_thr=40)
+
+
+@pytest.mark.parametrize("image_id", ["=HYPERLINK(1)", "+1", "-x", "@cmd"])
+def test_ids_that_start_like_a_spreadsheet_formula_are_refused(tmp_path, image_id):
+    """A spreadsheet would run them from any CSV cxrkit writes (CSV injection)."""
+    path = tmp_path / "m.csv"
+    META.assign(image_id=["img_a", image_id, "img_c"]).to_csv(path, index=False)
+    with pytest.raises(AnnotationError, match=r"line 3, .*starts like a spreadsheet formula"):
+        load_meta(path)
+    rows = with_row(3, f"{image_id},No finding,14,R1,,,,")
+    with pytest.raises(AnnotationError, match=r"starts like a spreadsheet formula"):
+        load_annotations(write_csv(tmp_path, rows))

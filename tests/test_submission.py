@@ -190,3 +190,11 @@ def test_appending_no_finding_never_lowers_the_metric(preds):
     assert {c: with_nf.ap[c] for c in (0, 10)} == {c: without.ap[c] for c in (0, 10)}
     assert without.ap[14] == 0.0 and with_nf.ap[14] == 1.0  # img_c ranks first (p = 1)
     assert with_nf.map > without.map
+
+
+def test_a_submission_id_that_starts_like_a_formula_is_refused():
+    table = pd.DataFrame(
+        {"image_id": ["a1", "=cmd|' /C calc'!A0"], "PredictionString": ["14 1 0 0 1 1"] * 2}
+    )
+    with pytest.raises(SubmissionError, match=r"row 1 .* starts like a spreadsheet formula"):
+        validate_submission(table)
