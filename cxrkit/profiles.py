@@ -34,7 +34,11 @@ GPU_MODEL = "fasterrcnn_resnet50_fpn"  # the seed notebook's detector
 CPU_MODEL = "cxr_small"  # trains from scratch in minutes on a laptop CPU
 WEIGHTS_ENV = "CXRKIT_WEIGHTS"  # path of a local COCO .pth file
 # The settings a profile fixes, named as TrainConfig's fields.
-PROFILE_FIELDS: tuple[str, ...] = ("model_name", "size", "epochs", "batch_size", "weights", "amp")
+PROFILE_FIELDS: tuple[str, ...] = (
+    "model_name", "size", "epochs", "batch_size", "weights", "amp", "num_workers",
+)  # fmt: skip
+MAX_GPU_WORKERS = 4  # DataLoader processes that decode PNGs while the GPU computes
+KAGGLE_DEPTH = 5  # /kaggle/input/<model>/<framework>/<variation>/<version>/<file>
 # Batch sizes by GPU memory: fasterrcnn_resnet50_fpn under AMP needs about 1 GiB per
 # image at 800 px with headroom (measured before the model was built for 512 px; at
 # 512 px it needs less, so these batches are conservative).
@@ -57,6 +61,7 @@ class Profile:
     weights: str | None
     amp: bool
     notes: tuple[str, ...] = ()
+    num_workers: int = 0
 
     def settings(self) -> dict[str, Any]:
         """The TrainConfig fields this profile sets (:data:`PROFILE_FIELDS`)."""
@@ -111,16 +116,27 @@ def coco_weights_filename(model_name: str) -> str:
     return Path(get_model_weights(model_name).DEFAULT.url).name
 
 
+def _kaggle_files(filename: str, depth: int = KAGGLE_DEPTH) -> list[Path]:
+    """Files named ``filename`` under ``/kaggle/input`` down to ``depth`` folders: where
+    Kaggle mounts datasets (``<dataset>/...``) and models (``<model>/<framework>/...``)."""
+    found: list[Path] = []
+    if not KAGGLE_INPUT.is_dir():
+        return found
+    for folder, subfolders, files in os.walk(KAGGLE_INPUT):
+        level = len(Path(folder).relative_to(KAGGLE_INPUT).parts)
+        if filename in files:
+            found.append(Path(folder) / filename)
+        if level >= depth - 1:
+            subfolders.clear()  # no deeper: a large dataset has thousands of folders
+        subfolders.sort()
+    return sorted(found)
+
+
 def _local_weights_candidates(filename: str) -> list[Path]:
-    """Where a COCO ``.pth`` file may already be: torch's cache, then Kaggle datasets."""
+    """Where a COCO ``.pth`` file may already be: torch's cache, then Kaggle's inputs."""
     import torch
 
-    found = [Path(torch.hub.get_dir()) / "checkpoints" / filename]
-    if KAGGLE_INPUT.is_dir():
-        found += sorted(KAGGLE_INPUT.glob(f"*/{filename}")) + sorted(
-            KAGGLE_INPUT.glob(f"*/*/{filename}")
-        )
-    return found
+    return [Path(torch.hub.get_dir()) / "checkpoints" / filename, *_kaggle_files(filename)]
 
 
 def find_coco_weights(model_name: str = GPU_MODEL) -> tuple[str | None, str]:
@@ -174,11 +190,17 @@ def gpu_profile(reason: str, device: Any = None) -> Profile:
     notes = []
     if gpu is None:
         batch = NO_GPU_BATCH
-        notes.append(f"no CUDA device to size the batch: batch {batch}; AMP needs CUDA")
+        notes.append(
+            f"NO USABLE CUDA DEVICE: batch {batch}, and the ResNet-50 trains on the CPU in "
+            "float32 (AMP needs CUDA), hours per epoch of the real data; --profile cpu is "
+            "the model for a CPU"
+        )
     else:
         name, gib = gpu
         batch = batch_size_for_memory(gib)
         notes.append(f"batch {batch} for the {gib:.0f} GiB of {name}")
+    workers = min(MAX_GPU_WORKERS, max(0, (os.cpu_count() or 1) - 1))
+    notes.append(f"{workers} DataLoader worker(s) of {os.cpu_count()} CPUs decode while it trains")
     weights, source = find_coco_weights(GPU_MODEL)
     notes.append(source)
     spec = get_spec(GPU_MODEL)
@@ -192,6 +214,7 @@ def gpu_profile(reason: str, device: Any = None) -> Profile:
         weights=weights,
         amp=True,
         notes=tuple(notes),
+        num_workers=workers,
     )
 
 

@@ -187,3 +187,27 @@ def test_cli_train_profile_and_explicit_flags_override(monkeypatch, no_gpu, offl
     assert gpu.batch_size == profiles.NO_GPU_BATCH and gpu.seed == 7
     assert (cpu.model_name, cpu.size, cpu.epochs, cpu.batch_size) == ("cxr_small", 256, 10, 4)
     assert plain == TrainConfig().resolved()  # no profile: the flags' defaults, as before
+
+
+def test_gpu_profile_sets_loader_workers_and_warns_without_cuda(
+    monkeypatch, no_gpu, offline, capsys
+):
+    monkeypatch.setattr(profiles.os, "cpu_count", lambda: 4)
+    profile = profiles.choose_profile("gpu")
+    assert profile.num_workers == 3 and profile.settings()["num_workers"] == 3
+    out = capsys.readouterr().out
+    assert "NO USABLE CUDA DEVICE" in out and "--profile cpu" in out
+    assert profiles.choose_profile("cpu", verbose=False).num_workers == 0  # the notebooks' loader
+
+
+def test_coco_weights_are_found_where_kaggle_mounts_models(monkeypatch, tmp_path):
+    """Kaggle Models: /kaggle/input/<model>/<framework>/<variation>/<version>/<file>."""
+    name = profiles.coco_weights_filename(profiles.GPU_MODEL)
+    deep = tmp_path / "fasterrcnn" / "pytorch" / "coco" / "1" / name
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"")
+    too_deep = tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / name
+    too_deep.parent.mkdir(parents=True)
+    too_deep.write_bytes(b"")
+    monkeypatch.setattr(profiles, "KAGGLE_INPUT", tmp_path)
+    assert profiles._kaggle_files(name) == [deep]
