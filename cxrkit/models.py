@@ -269,6 +269,15 @@ def to_pretrained_layout(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
+def saved_in_pretrained_layout(name: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether weights of model ``name`` were saved in its pretrained layout: a model with
+    published weights whose state has no BatchNorm counters (``num_batches_tracked``)
+    had frozen BatchNorm (:func:`to_pretrained_layout`)."""
+    return bool(get_spec(name).pretrained) and not any(
+        k.endswith("num_batches_tracked") for k in state
+    )
+
+
 def _freeze_batchnorm(module: nn.Module, eps: float) -> None:
     """Replace every BatchNorm2d under ``module`` by a ``FrozenBatchNorm2d(eps=eps)`` in place."""
     for child_name, child in module.named_children():
@@ -316,7 +325,7 @@ def _load_file_into(model: nn.Module, spec: ModelSpec, num_classes: int, path: P
         model.roi_heads.box_predictor = FastRCNNPredictor(
             model.roi_heads.box_predictor.cls_score.in_features, file_classes
         )
-    if spec.pretrained and not any(k.endswith("num_batches_tracked") for k in state):
+    if saved_in_pretrained_layout(spec.name, state):
         model.cxrkit_config = {}  # type: ignore[attr-defined]
         model = to_pretrained_layout(model, spec.name)
     check_state_matches(model, state, path, spec.name)
@@ -446,7 +455,6 @@ def model_from_checkpoint(
     name = ckpt.get("model_name") or config.get("name")
     if name not in MODEL_NAMES:
         raise CheckpointError(f"checkpoint {path} names an unknown model {name!r}")
-    spec = get_spec(name, "detector")
     min_size, max_size = config.get("min_size"), config.get("max_size")
     if min_size is None:  # written before sizes were stored: torchvision's own resize
         min_size, max_size = TORCHVISION_RESIZE
@@ -460,7 +468,7 @@ def model_from_checkpoint(
         **dict(config.get("kwargs") or {}),
     )
     state = ckpt["model"]
-    if spec.pretrained and not any(k.endswith("num_batches_tracked") for k in state):
+    if saved_in_pretrained_layout(name, state):
         model = to_pretrained_layout(model, name)  # trained from COCO: FrozenBatchNorm
     check_state_matches(model, state, path, repr(name))
     check_finite(state, path)

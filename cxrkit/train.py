@@ -43,7 +43,12 @@ from cxrkit.distributed import DistInfo, cleanup_distributed, setup_distributed
 from cxrkit.engine import predict
 from cxrkit.errors import AnnotationError, ConfigError
 from cxrkit.fit import FitResult, fit_run, make_optimizer, make_scheduler
-from cxrkit.models import build_model, model_from_checkpoint
+from cxrkit.models import (
+    build_model,
+    model_from_checkpoint,
+    saved_in_pretrained_layout,
+    to_pretrained_layout,
+)
 from cxrkit.runs import (  # the run-folder helpers; still importable from cxrkit.train
     check_resume_settings,
     keep_split,
@@ -142,11 +147,26 @@ def make_loaders(
 
 
 def _build_for_training(
-    cfg: TrainConfig, device: torch.device, info: DistInfo, anchors: AnchorSpec | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    info: DistInfo,
+    anchors: AnchorSpec | None = None,
+    resume_from: Path | None = None,
 ) -> nn.Module:
     """The model of ``cfg``, built for ``cfg.size`` px, on ``device``; wrapped in
-    DistributedDataParallel under torchrun."""
-    model = build_model(cfg.model_name, weights=cfg.weights, size=cfg.size, anchors=anchors)
+    DistributedDataParallel under torchrun.
+
+    A resume (``resume_from``: the run's ``last.pt``) builds the model in the layout
+    the run was saved in (frozen BatchNorm when it started from COCO weights) and never
+    reads the initial weights again: ``last.pt`` replaces them, so a weights file that
+    is found now and was not then (or the reverse) changes nothing.
+    """
+    if resume_from is None:
+        model = build_model(cfg.model_name, weights=cfg.weights, size=cfg.size, anchors=anchors)
+    else:
+        model = build_model(cfg.model_name, weights=None, size=cfg.size, anchors=anchors)
+        if saved_in_pretrained_layout(cfg.model_name, load_checkpoint(resume_from)["model"]):
+            model = to_pretrained_layout(model, cfg.model_name)
     model = model.to(device)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
@@ -271,7 +291,9 @@ def train_from_folder(
                 check_resume_settings(out, "detector", settings, cfg.epochs)
             keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-            model = _build_for_training(cfg, device, info, anchors)
+            last = out / "last.pt"
+            resume_from = last if resume and last.is_file() else None
+            model = _build_for_training(cfg, device, info, anchors, resume_from)
             if info.is_main:
                 print(_describe_run(cfg, train_loader, valid_loader, device, info))
             optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)

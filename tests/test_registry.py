@@ -207,3 +207,20 @@ def test_the_classifier_settings_come_from_its_spec_too():
         resolve_classifier(ClassifierConfig(model_name="cxr_small"))
     with pytest.raises(ConfigError, match="not used with folds"):
         resolve_classifier(ClassifierConfig(folds=2, fold=0, valid_fraction=0.3))
+
+
+def test_a_resume_builds_the_layout_the_run_was_saved_in(tmp_path):
+    """A run started from COCO weights (frozen BatchNorm) resumes in that layout even when
+    the weights file is gone now: last.pt replaces the initial weights anyway."""
+    from cxrkit.checkpoints import load_into_model, save_checkpoint
+    from cxrkit.config import TrainConfig, resolve
+    from cxrkit.distributed import DistInfo
+    from cxrkit.train import _build_for_training
+
+    name = "fasterrcnn_mobilenet_v3_large_fpn"
+    coco_run = to_pretrained_layout(build_model(name, size=128), name)
+    last = save_checkpoint(tmp_path / "last.pt", coco_run, epoch=1)
+    cfg = resolve(TrainConfig(model_name=name, size=128, weights=None))  # the file is gone
+    rebuilt = _build_for_training(cfg, torch.device("cpu"), DistInfo(), resume_from=last)
+    load_into_model(rebuilt, cxrkit.load_checkpoint(last), last)  # no missing keys
+    assert any(type(m).__name__ == "FrozenBatchNorm2d" for m in rebuilt.modules())
