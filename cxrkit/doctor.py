@@ -46,8 +46,8 @@ PYTHON_REQUIRES = (3, 10)
 # What the code needs at run time: pyproject.toml's dependencies without jupyterlab
 # (a notebook server may be another install; tests/test_doctor.py keeps them in sync).
 REQUIREMENTS: dict[str, str] = {
-    "torch": ">=2.2",
-    "torchvision": ">=0.17",
+    "torch": ">=2.3",  # torch.amp.GradScaler("cuda")
+    "torchvision": ">=0.18",
     "pydicom": ">=3.0,<4",
     "pylibjpeg": ">=2.0",
     "pylibjpeg-openjpeg": ">=2.3",
