@@ -31,8 +31,8 @@ from cxrkit.ensemble import fuse_tables
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import bootstrap_map, vinbigdata_map
 from cxrkit.postprocess import apply_classifier, tune_bands
-from cxrkit.submission import add_no_finding
 from cxrkit.predict import predict_split
+from cxrkit.submission import add_no_finding
 
 
 def read_oof(runs: list[Path], image_ids: list[str]) -> pd.DataFrame:
