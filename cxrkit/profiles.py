@@ -12,7 +12,7 @@ Notebooks 04-06 and ``python -m cxrkit train --profile NAME`` start from a
   download when online; without either it trains from scratch and says so.
 
 :func:`choose_profile` picks ``gpu`` when CUDA is available, else ``cpu``, and
-prints its choice with the reason. :meth:`cxrkit.train.TrainConfig.from_profile`
+prints its choice with the reason. :meth:`cxrkit.config.TrainConfig.from_profile`
 turns a profile into a run's settings (explicit settings still win).
 """
 

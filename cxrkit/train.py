@@ -1,11 +1,11 @@
-"""What the command line runs: ``python -m cxrkit train`` and ``predict`` (notebooks 04 and 06).
+"""What ``python -m cxrkit train`` runs (notebooks 04-07): a detector's run folder.
 
 :func:`train_from_folder` goes from a preprocessed folder and ``train.csv`` to a run
-folder (``last.pt``, ``best.pt``, ``history.csv``, ``split.csv``), under
-``torchrun`` with DistributedDataParallel too. Every setting of a run, with its
-default, is one :class:`TrainConfig`, saved in the checkpoints (``ckpt["config"]``)
-so that a resume can check it is the same run. :func:`predict_to_submission` turns a
-checkpoint and a preprocessed test folder into a Kaggle submission.
+folder (``last.pt``, ``best.pt``, ``history.csv``, ``split.csv``; :mod:`cxrkit.runs`),
+under ``torchrun`` with DistributedDataParallel too. Every setting of a run is one
+:class:`cxrkit.config.TrainConfig`, resolved against the model's spec and saved whole
+in the checkpoints (``ckpt["config"]``), so that a resume can check it is the same
+run. Predicting with the run is :mod:`cxrkit.predict`.
 """
 
 from __future__ import annotations
