@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrkit._atomic import write_csv_atomic
 from cxrkit._progress import tqdm
 from cxrkit.annotations import load_meta
+from cxrkit.budget import plan_from_budget
 from cxrkit.checkpoints import load_checkpoint, require_kind
 from cxrkit.config import ClassifierConfig
 from cxrkit.data import check_images_exist, read_png
@@ -65,6 +66,7 @@ from cxrkit.runs import (
     SPLIT_FILE,
     check_resume_settings,
     keep_split,
+    planned_epochs,
     prepare_run_folder,
     read_folder,
     read_training_table,
@@ -377,9 +379,9 @@ def _prepare_run(
     labels = abnormal_labels(table)
     train_ids, valid_ids = run_split(table, cfg)
     check_images_exist(image_dir, [*train_ids, *valid_ids])
-    # the schedule's length too: a resume with other epochs would bend the cosine
-    schedule = {"schedule": "cosine", "T_max": max(1, cfg.epochs)}
-    run_config = {**asdict(cfg), **schedule, "kind": "classifier"}
+    run_config = {**asdict(cfg), "schedule": "cosine", "kind": "classifier"}
+    if cfg.epochs is not None:  # the schedule's length: other epochs would bend the cosine
+        run_config["T_max"] = max(1, cfg.epochs)
     run_config["annotations_digest"] = table_digest(table)
     if resume:  # the settings first: a new seed or fold is named, not the split it changes
         check_resume_settings(out, "classifier", run_config, cfg.epochs)
@@ -416,8 +418,10 @@ def _fit_classifier(
     device: torch.device,
     resume: bool,
     max_minutes: float | None,
+    started: float,
 ) -> FitResult:
-    """Build the loaders, model, AdamW, cosine schedule and weighted loss; train with
+    """Build the loaders, model, AdamW, cosine schedule and weighted loss; without
+    ``epochs``, plan them from the time budget (:mod:`cxrkit.budget`); train with
     :func:`cxrkit.fit.fit`; write a fold run's ``oof.csv``."""
     labels, train_ids = data.labels, data.train_ids
     weight = pos_weight(labels[train_ids].to_numpy())
@@ -431,6 +435,15 @@ def _fit_classifier(
     train_loader, valid_loader = _loader(train_ds, cfg, True), _loader(valid_ds, cfg, False)
     model = build_classifier(cfg.model_name, cfg.weights).to(device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, device=device))
+    if cfg.epochs is None:  # plan the epochs that fit the budget, measured here
+        minutes, epochs, reason = plan_from_budget(
+            model, train_loader, valid_loader, device, cfg.minutes, started,
+            get_spec(cfg.model_name).max_epochs, batch_losses=classifier_losses(loss_fn),
+        )  # fmt: skip
+        print(reason)
+        cfg = replace(cfg, epochs=epochs)
+        run_config = {**run_config, "epochs": epochs, "T_max": max(1, epochs)}
+        max_minutes = minutes - (time.monotonic() - started) / 60
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
     result = fit_run(
@@ -465,7 +478,10 @@ def train_classifier(
     A NaN or infinite loss stops the run (:class:`cxrkit.errors.NonFiniteLossError`).
     A resume with other settings is a :class:`cxrkit.errors.ResumeError`; one with the
     same settings ends with the same weights as an uninterrupted run (CPU).
-    ``max_minutes`` bounds the whole run: it stops before an epoch that would end later.
+    Without ``epochs`` the run plans them from its time budget (``minutes``; default
+    by device, :data:`cxrkit.config.DEFAULT_MINUTES`), as ``train`` does; with them,
+    ``minutes`` (or ``max_minutes``, its older name) stops before an epoch that would
+    end later.
 
     Returns:
         fit's :class:`cxrkit.fit.FitResult` (``ClassifierResult``): ``best_auc``,
@@ -480,10 +496,14 @@ def train_classifier(
     with run_folder_lock(out, info, device):
         prepare_run_folder(out, resume, overwrite, info)
         seed_everything(cfg.seed)
+        last = out / "last.pt"
+        resumed = last if resume and last.is_file() else None
+        cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resumed))
         data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
+        minutes = cfg.minutes if cfg.minutes is not None else max_minutes
         elapsed = (time.monotonic() - t_start) / 60
-        budget = None if max_minutes is None else max(0.0, max_minutes - elapsed)
-        return _fit_classifier(cfg, data, out, run_config, device, resume, budget)
+        budget = None if minutes is None else max(0.0, minutes - elapsed)
+        return _fit_classifier(cfg, data, out, run_config, device, resume, budget, t_start)
 
 
 # ------------------------------------------------------------------------ classify

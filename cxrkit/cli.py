@@ -21,9 +21,11 @@ from typing import Any, NoReturn
 
 from cxrkit import doctor
 from cxrkit.config import (
+    PREDICT_NMS_IOU,
     ClassifierConfig,
     TrainConfig,
     add_config_options,
+    class_id_list,
     iou_threshold,
     non_negative_int,
     positive_float,
@@ -51,8 +53,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from cxrkit.paths import write_sample
 
     out = write_sample(
-        args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, variant=args.variant
-    )
+        args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+        variant=args.variant, findings=args.findings,
+    )  # fmt: skip
     print(f"sample written to {out}")
     return 0
 
@@ -111,7 +114,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config=config,
         resume=args.resume,
         overwrite=args.overwrite,
-        max_minutes=args.max_minutes,
     )
     print(result)
     return 0
@@ -128,7 +130,6 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
         config=config,
         resume=args.resume,
         overwrite=args.overwrite,
-        max_minutes=args.max_minutes,
     )
     print(result)
     return 0
@@ -163,6 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         iou_thr=args.wbf_iou,
         skip_box_thr=args.wbf_skip,
         weights=args.wbf_weights,
+        nms_iou=args.nms,
     )
     print(f"submission written to {path}")
     return 0
@@ -297,6 +299,14 @@ def _add_sample_command(p: argparse.ArgumentParser) -> None:
         default="default",
         help="small_thin: small nodules and thin pleural bands (other box statistics)",
     )
+    p.add_argument(
+        "--findings",
+        type=class_id_list,
+        default=None,
+        metavar="IDS",
+        help="draw only these findings, class ids 0-13 separated by commas, e.g. 0,3,7,8,10,11 "
+        "(default: all 14)",
+    )
 
 
 def _add_fuse_command(p: argparse.ArgumentParser) -> None:
@@ -354,15 +364,20 @@ def _add_earlier_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_old_minutes_name(p: argparse.ArgumentParser) -> None:
+    """``--max-minutes``: the older name of ``--minutes``, still accepted (not in --help)."""
+    p.add_argument(
+        "--max-minutes", dest="minutes", type=positive_float, default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
+
+
 def _add_train_command(p: argparse.ArgumentParser) -> None:
     """``train``: one option per field of :class:`cxrkit.config.TrainConfig`, plus the run's."""
     _add_run_inputs(p)
     add_config_options(p)
     _add_earlier_run_options(p)
-    p.add_argument(
-        "--max-minutes", type=positive_float, default=None,
-        help="stop before an epoch that would end later (default: no limit)",
-    )  # fmt: skip
+    _add_old_minutes_name(p)
     p.set_defaults(func=_cmd_train, command_parser=p)
 
 
@@ -371,10 +386,7 @@ def _add_train_classifier_command(p: argparse.ArgumentParser) -> None:
     _add_run_inputs(p)
     add_config_options(p, ClassifierConfig)
     _add_earlier_run_options(p)
-    p.add_argument(
-        "--max-minutes", type=positive_float, default=None,
-        help="stop before an epoch that would end later (default: no limit)",
-    )  # fmt: skip
+    _add_old_minutes_name(p)
     p.set_defaults(func=_cmd_train_classifier, command_parser=p)
 
 
@@ -423,6 +435,11 @@ def _add_predict_command(p: argparse.ArgumentParser) -> None:
         "--mode", choices=("bands", "soft"), default=None,
         help="with --classifier: bands (--low/--high) or soft (finding scores x p_abnormal) "
         "(default: bands)",
+    )  # fmt: skip
+    p.add_argument(
+        "--nms", type=iou_threshold, default=PREDICT_NMS_IOU, metavar="IOU",
+        help="class-wise NMS of the final boxes at this IoU, in (0, 1]: the model's own 0.5 "
+        "lets duplicates of thin findings through; 1 keeps every box",
     )  # fmt: skip
     p.add_argument(
         "--wbf-iou", type=iou_threshold, default=0.55,

@@ -13,7 +13,7 @@ No torch here: the command line's help stays instant.
 
 >>> cfg = resolve(TrainConfig())
 >>> cfg.size, cfg.lr, cfg.schedule
-(256, 0.02, 'cosine')
+('auto', 0.02, 'cosine')
 """
 
 from __future__ import annotations
@@ -93,6 +93,26 @@ def probability(text: str) -> float:
     return value
 
 
+def class_id_list(text: str) -> tuple[int, ...]:
+    """Finding class ids separated by commas, e.g. ``0,3,7`` (each 0-13)."""
+    try:
+        ids = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be class ids separated by commas, got {text!r}"
+        ) from None
+    if any(not 0 <= c <= 13 for c in ids):
+        raise argparse.ArgumentTypeError(f"class ids must be 0-13 (14 is No finding), got {text}")
+    return ids
+
+
+def threshold_or_auto(text: str) -> float | str | None:
+    """``--repeat-threshold``: a share in (0, 1), "auto" (chosen from the data) or "off"."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    return fraction_open(text)
+
+
 def size_or_auto(text: str) -> int | str:
     """``--size``: a number of pixels, or "auto" (chosen from the training boxes)."""
     return text if text == "auto" else positive_int(text)
@@ -100,6 +120,29 @@ def size_or_auto(text: str) -> int | str:
 
 # ------------------------------------------------------------------------ settings
 PER_MODEL = "the model's recipe"
+EPOCHS_HELP = "epochs to train in all (default: as many as fit the time budget, --minutes)"
+# The time budget when none is given, by device type. On a CPU, 10 minutes: a coffee
+# break, in which cxr_small learns the small-box findings of a 160-image dataset
+# (benchmarks/bench_defaults.py). On a GPU, 60 minutes: the most a learner plans for
+# one notebook of a session (a Kaggle session allows 9-12 hours).
+DEFAULT_MINUTES: dict[str, float] = {"cpu": 10.0, "cuda": 60.0}
+MINUTES_HELP = (
+    "time budget of the run in minutes: without --epochs the run measures its first steps and "
+    "plans the epochs that fit; with --epochs it stops before an epoch that would overrun "
+    f"(default: {DEFAULT_MINUTES['cpu']:g} on a CPU, {DEFAULT_MINUTES['cuda']:g} on a GPU)"
+)
+# The IoU of the class-wise NMS that ``predict`` applies to its final table. The
+# model's own NMS (torchvision's 0.5) lets duplicates of thin or small findings
+# through: two boxes on one pleural band 2 % of the image wide, a few pixels apart,
+# overlap by 0.3-0.5, and the second is a false positive at the metric's IoU 0.4.
+# Notebook 05's sweep on the sample chose 0.3, and so did the tuning draw of
+# benchmarks/bench_defaults.py (heldout-100: Pleural thickening AP 0.62 at 0.5, 0.81 at
+# 0.3; the benchmark scores every run at both).
+PREDICT_NMS_IOU = 0.3
+# Repeat factor sampling turns itself on when a class is on fewer than this share of the
+# training images (LVIS used 0.001 for 1,203 classes; with 15 classes, a class on 1 of 10
+# images is rare; sampling.py has the measurements).
+AUTO_REPEAT_THRESHOLD = 0.1
 FOLDS_HELP = (
     "k-fold validation: split the images into K stratified folds, K >= 2 "
     "(default: none, a --valid-fraction split)"
@@ -153,7 +196,8 @@ class TrainConfig:
         choices=MODEL_NAMES,
         metavar="NAME",
     )
-    epochs: int | None = setting(None, "epochs to train in all", parse=positive_int)
+    epochs: int | None = setting(None, EPOCHS_HELP, parse=positive_int)
+    minutes: float | None = setting(None, MINUTES_HELP, parse=positive_float, metavar="M")
     batch_size: int | None = setting(None, "images per step", parse=positive_int)
     weights: str | None = setting(
         None,
@@ -198,11 +242,12 @@ class TrainConfig:
     folds: int | None = setting(None, FOLDS_HELP, parse=fold_count, metavar="K")
     fold: int | None = setting(None, FOLD_HELP, parse=non_negative_int, metavar="F")
     amp: bool | None = setting(None, "mixed precision; None: on for CUDA", cli=False)
-    repeat_threshold: float | None = setting(
-        None,
+    repeat_threshold: float | str | None = setting(
+        "auto",
         "repeat factor sampling: show the images of classes found on fewer than this share of "
-        "the training images more often, e.g. 0.1 (default: each image once an epoch)",
-        parse=fraction_open,
+        f"the training images more often; auto: {AUTO_REPEAT_THRESHOLD:g} when some class is "
+        "below it, else off; off: each image once an epoch",
+        parse=threshold_or_auto,
         metavar="T",
     )
 
@@ -242,6 +287,11 @@ def _check(cfg: TrainConfig, spec: ModelSpec) -> None:
             f"--anchors auto fits anchors to the training boxes, which {spec.name} does not take "
             f"(its anchors are its pretrained ones); models that do: "
             + ", ".join(n for n in MODEL_NAMES if get_spec(n).fits_anchors)
+        )
+    if isinstance(cfg.repeat_threshold, str) and cfg.repeat_threshold != "auto":
+        raise ConfigError(
+            f'repeat_threshold must be a share in (0, 1), "auto" or None (off), got '
+            f"{cfg.repeat_threshold!r}"
         )
     if isinstance(cfg.size, str) and cfg.size != "auto":
         raise ConfigError(f'size must be a number of pixels or "auto", got {cfg.size!r}')
@@ -367,7 +417,8 @@ class ClassifierConfig:
         choices=CLASSIFIER_NAMES,
         metavar="NAME",
     )
-    epochs: int | None = setting(None, "epochs to train in all", parse=positive_int)
+    epochs: int | None = setting(None, EPOCHS_HELP, parse=positive_int)
+    minutes: float | None = setting(None, MINUTES_HELP, parse=positive_float, metavar="M")
     batch_size: int | None = setting(None, "images per step", parse=positive_int)
     size: int | None = setting(None, "image side in pixels", parse=positive_int)
     lr: float | None = setting(None, "AdamW learning rate", parse=positive_float)
@@ -418,5 +469,5 @@ def resolve_classifier(cfg: ClassifierConfig) -> ClassifierConfig:
 
 # The ClassifierConfig fields a classifier's spec fills (the rest are the run's own).
 CLASSIFIER_RECIPE_FIELDS = (
-    "epochs", "batch_size", "size", "lr", "weight_decay", "warmup_iters", "max_grad_norm",
+    "batch_size", "size", "lr", "weight_decay", "warmup_iters", "max_grad_norm",
 )  # fmt: skip

@@ -109,6 +109,15 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's number (e.g. the epochs a time budget allows), shared with every rank."""
+    if not _initialized():
+        return int(value)
+    t = torch.tensor([int(value)], device=_flag_device(device))
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on at least one (an all-reduce with MAX).
 

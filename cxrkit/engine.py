@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -182,6 +183,74 @@ def _backward_step(
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
+
+
+def time_training_steps(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    steps: int,
+    *,
+    batch_losses: LossFn = detector_losses,
+    use_amp: bool = False,
+) -> tuple[float, int]:
+    """Seconds of one training step (forward, backward, SGD step) of ``model``, measured.
+
+    The first batch is not timed (first-call allocations, worker start-up); the next
+    ``steps`` are. ``model``'s weights change: pass a copy (:mod:`cxrkit.budget` does).
+    Returns the mean seconds per step and the number of steps timed (fewer when the
+    loader is shorter).
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
+    start, timed = 0.0, -1
+    for batch in loader:
+        if timed == 0:
+            _synchronize(device)
+            start = time.perf_counter()
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=scaler is not None):
+            losses = sum(batch_losses(model, batch, device).values())
+        _backward_step(model, optimizer, losses, scaler, None)
+        timed += 1
+        if timed == steps:
+            break
+    _synchronize(device)
+    if timed <= 0:
+        return 0.0, 0
+    return (time.perf_counter() - start) / timed, timed
+
+
+@torch.inference_mode()
+def time_predicting_batches(
+    model: nn.Module, loader: Iterable, device: torch.device, batches: int
+) -> tuple[float, int]:
+    """Seconds ``model`` takes to predict one batch of ``loader`` in eval mode, measured
+    (the first batch untimed, then up to ``batches``): what one validation costs."""
+    model.eval()
+    start, timed = 0.0, -1
+    for images, _, _ in loader:
+        if timed == 0:
+            _synchronize(device)
+            start = time.perf_counter()
+        if isinstance(images, torch.Tensor):
+            model(images.to(device))
+        else:
+            model(_to_device(images, device))
+        timed += 1
+        if timed == batches:
+            break
+    _synchronize(device)
+    if timed <= 0:
+        return 0.0, 0
+    return (time.perf_counter() - start) / timed, timed
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_one_epoch(

@@ -44,7 +44,7 @@ from cxrkit.transforms import reseed
 # epochs (StepLR continues; a cosine schedule is checked through T_max instead), the
 # initial weights (last.pt replaces them) and the loader's worker count.
 FREE_SETTINGS = frozenset(
-    {"epochs", "data_dir", "annotations_csv", "weights", "num_workers", "world_size"}
+    {"epochs", "minutes", "data_dir", "annotations_csv", "weights", "num_workers", "world_size"}
 )
 
 

@@ -19,8 +19,9 @@ import torch
 import torchvision.ops
 from ensemble_boxes import weighted_boxes_fusion
 
+from cxrkit.config import PREDICT_NMS_IOU
 from cxrkit.errors import ConfigError, SubmissionError, UnknownNameError
-from cxrkit.formats import NO_FINDING_BOX, PREDICTION_COLUMNS
+from cxrkit.formats import BOX_COLUMNS, NO_FINDING_BOX, PREDICTION_COLUMNS
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.metrics import bootstrap_map, vinbigdata_map
 from cxrkit.submission import no_finding_score
@@ -95,6 +96,28 @@ def classwise_nms(prediction: Prediction, iou_thresh: float = 0.5) -> Prediction
     classes never suppress each other. Returns a new dict sorted by score."""
     boxes, scores, labels, _ = _as_tensors(prediction)
     return _select(prediction, torchvision.ops.batched_nms(boxes, scores, labels, iou_thresh))
+
+
+def classwise_nms_table(table: pd.DataFrame, iou_thresh: float = PREDICT_NMS_IOU) -> pd.DataFrame:
+    """Class-wise NMS over a predictions table, image by image (rows kept in order).
+
+    ``table`` has ``image_id, class_id, score, x_min, y_min, x_max, y_max``; a box is
+    dropped when a higher-scored box of the same class on the same image overlaps it
+    with IoU above ``iou_thresh`` (``torchvision.ops.batched_nms``). ``iou_thresh=1``
+    keeps every box.
+    """
+    if not 0 < iou_thresh <= 1:
+        raise ConfigError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    if table.empty or iou_thresh >= 1:
+        return table
+    boxes = torch.tensor(table[list(BOX_COLUMNS)].to_numpy(np.float64))
+    scores = torch.tensor(table["score"].to_numpy(np.float64))
+    # one group per (image, class): batched_nms never lets two groups suppress each other
+    groups = table.groupby(["image_id", "class_id"], sort=False).ngroup().to_numpy()
+    keep = torchvision.ops.batched_nms(boxes, scores, torch.as_tensor(groups), iou_thresh)
+    mask = np.zeros(len(table), dtype=bool)
+    mask[keep.numpy()] = True
+    return table[mask]
 
 
 def filter_by_score(prediction: Prediction, min_score: float) -> Prediction:

@@ -9,7 +9,8 @@ run the same steps, in this order:
    (:func:`predict_split`): one predictions table per detector, original pixels;
 3. **table steps**, each a function ``(table, context) -> table``
    (:data:`TableStep`): the weighted boxes fusion of several detectors
-   (:func:`fuse_step`) and the classifier's ``p_abnormal`` (:func:`classifier_step`).
+   (:func:`fuse_step`), class-wise NMS of the final boxes (:func:`nms_step`, IoU
+   0.3 by default) and the classifier's ``p_abnormal`` (:func:`classifier_step`).
    A new post-processing step is one more function in this list, and it runs for
    one checkpoint as for many;
 4. **write** the submission (No finding rows, validation, atomic write).
@@ -36,7 +37,12 @@ from cxrkit.ensemble import fuse_tables
 from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError
 from cxrkit.labels import MODEL_NUM_CLASSES
 from cxrkit.models import classes_in_state, model_from_checkpoint
-from cxrkit.postprocess import apply_classifier, check_bands
+from cxrkit.postprocess import (
+    PREDICT_NMS_IOU,
+    apply_classifier,
+    check_bands,
+    classwise_nms_table,
+)
 from cxrkit.submission import prediction_strings, write_submission
 from cxrkit.transforms import test_transforms
 from cxrkit.utils import try_gpu
@@ -168,6 +174,16 @@ def fuse_step(
     return fuse
 
 
+def nms_step(iou_thresh: float = PREDICT_NMS_IOU) -> TableStep:
+    """Class-wise NMS of the table, image by image
+    (:func:`cxrkit.postprocess.classwise_nms_table`; 1 keeps every box)."""
+
+    def suppress(table: pd.DataFrame, ctx: PredictContext) -> pd.DataFrame:
+        return classwise_nms_table(table, iou_thresh)
+
+    return suppress
+
+
 def classifier_step(
     classifiers: Sequence[str | os.PathLike],
     low: float = 0.1,
@@ -228,15 +244,16 @@ def predict_submission(
         split: the split of ``data_dir`` to predict.
         tta: average each detector with its horizontal flip.
         batch_size: images per batch.
-        steps: the table steps after prediction; default ``[fuse_step()]``
-            (WBF of several detectors). Add :func:`classifier_step` for a classifier.
+        steps: the table steps after prediction; default ``[fuse_step(), nms_step()]``
+            (WBF of several detectors, then class-wise NMS at IoU 0.3). Add
+            :func:`classifier_step` for a classifier.
         num_workers: DataLoader worker processes.
     """
     check_writable(out_csv)
     detectors = load_detectors(checkpoints)
     ctx = predict_tables(detectors, data_dir, split, tta, batch_size, num_workers)
     table = ctx.tables[0]
-    for step in [fuse_step()] if steps is None else steps:
+    for step in [fuse_step(), nms_step()] if steps is None else steps:
         table = step(table, ctx)
     submission = prediction_strings(table, ctx.image_ids, meta=ctx.meta)
     return write_submission(submission, out_csv, image_ids=ctx.image_ids, meta=ctx.meta)
@@ -273,14 +290,15 @@ def predict_ensemble(
     skip_box_thr: float = 0.0,
     weights: Sequence[float] | None = None,
     probs_csv: str | os.PathLike | None = None,
+    nms_iou: float = PREDICT_NMS_IOU,
 ) -> Path:
-    """Several detectors fused with WBF, then the classifiers: :func:`predict_submission`
-    with ``[fuse_step(...), classifier_step(...)]``."""
+    """Several detectors fused with WBF, class-wise NMS, then the classifiers:
+    :func:`predict_submission` with ``[fuse_step(...), nms_step(...), classifier_step(...)]``."""
     if weights is not None and len(weights) != len(checkpoints):
         raise ConfigError(
             f"{len(weights)} WBF weights for {len(checkpoints)} checkpoints: give one per model"
         )
-    steps = [fuse_step(iou_thr, skip_box_thr, weights)]
+    steps = [fuse_step(iou_thr, skip_box_thr, weights), nms_step(nms_iou)]
     if classifiers:
         steps.append(classifier_step(classifiers, low, high, mode, probs_csv))
     return predict_submission(checkpoints, data_dir, out_csv, split, tta, batch_size, steps=steps)

@@ -44,13 +44,19 @@ class ModelSpec:
         summary: one line for ``--help`` and the notebooks.
         size: default input side in pixels; the model is built for exactly the side
             it is trained at (no resize inside the model beyond it).
-        epochs, batch_size: the default length and batch of a run.
+        epochs: the length of the notebooks' short teaching run (:mod:`cxrkit.profiles`);
+            a run without ``epochs`` plans its own from its time budget (:mod:`cxrkit.budget`).
+        max_epochs: the most epochs a time budget plans (a fast GPU on a small
+            dataset would otherwise plan hundreds).
+        batch_size: the batch of a run.
         optimizer: ``"sgd"`` (momentum 0.9) or ``"adamw"``.
         lr, weight_decay: the optimizer's rate and decay.
         schedule: ``"cosine"`` (to 0 at the last epoch) or ``"step"`` (x0.1 every 3).
         warmup_iters: steps of linear warmup in the first epoch (0: none).
         max_grad_norm: gradient clipping (None: none).
         fits_anchors: whether its anchors can be fitted to the training boxes.
+        size_from_data: whether a run without ``size`` chooses the input side from the
+            training boxes (:func:`cxrkit.anchors.choose_input_size`) rather than ``size``.
         pretrained: what ``weights="DEFAULT"`` loads (``"COCO"``, ``"ImageNet"``) or
             None when no published weights exist.
         backbone: the backbone kind the pretrained layout depends on
@@ -67,6 +73,7 @@ class ModelSpec:
     summary: str
     size: int
     epochs: int = 10
+    max_epochs: int = 60
     batch_size: int = 4
     optimizer: str = "sgd"
     lr: float = 0.005
@@ -75,6 +82,7 @@ class ModelSpec:
     warmup_iters: int = 0
     max_grad_norm: float | None = None
     fits_anchors: bool = False
+    size_from_data: bool = False
     pretrained: str | None = None
     backbone: str = ""
     frozen_bn_eps: float | None = None
@@ -85,10 +93,12 @@ class ModelSpec:
         return getattr(importlib.import_module(module), function)
 
     def training_defaults(self) -> dict[str, Any]:
-        """The settings of a run that default to this model's recipe (TrainConfig's names)."""
+        """The settings of a run that default to this model's recipe (TrainConfig's names).
+
+        Not ``epochs``: a run plans them from its time budget (:mod:`cxrkit.budget`).
+        """
         return {
-            "size": self.size,
-            "epochs": self.epochs,
+            "size": "auto" if self.size_from_data else self.size,
             "batch_size": self.batch_size,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
@@ -147,6 +157,7 @@ register_model(
         warmup_iters=50,
         max_grad_norm=10.0,
         fits_anchors=True,
+        size_from_data=True,
         backbone="cxr_small",
     )
 )

@@ -206,6 +206,19 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool, info: DistInfo)
         print(f"{out}: removed {len(partial)} partial file(s) of an interrupted write ({names})")
 
 
+def planned_epochs(epochs: int | None, last: Path | None, show: bool = True) -> int | None:
+    """``epochs``, or for a resume without them the run's own plan saved in ``last``
+    (``last.pt``): a run planned from its time budget finishes that plan."""
+    if epochs is not None or last is None:
+        return epochs
+    saved = (load_checkpoint(last).get("config") or {}).get("epochs")
+    if saved is None:
+        raise ResumeError(f"{last} does not say how many epochs its run planned; give epochs=")
+    if show:
+        print(f"epochs {int(saved)}: the plan of the run being resumed (saved in {last.name})")
+    return int(saved)
+
+
 def check_resume_settings(out: Path, kind: str, settings: Mapping[str, Any], epochs: int) -> None:
     """Refuse to resume ``out/last.pt`` if it holds another kind of model
     (:class:`cxrkit.errors.CheckpointError`) or other settings (:class:`ResumeError`).

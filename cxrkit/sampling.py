@@ -33,6 +33,7 @@ from torch.utils.data import Sampler
 from cxrkit.annotations import image_class_sets
 from cxrkit.errors import ConfigError, DatasetError
 from cxrkit.fit import epoch_seed
+from cxrkit.labels import class_name
 
 
 def repeat_factors(table: pd.DataFrame, threshold: float) -> pd.Series:
@@ -54,6 +55,35 @@ def repeat_factors(table: pd.DataFrame, threshold: float) -> pd.Series:
     factors = sets.map(lambda classes: max(per_class[c] for c in classes))
     factors.index = factors.index.astype(str)
     return factors.rename("repeat_factor").astype(float)
+
+
+def choose_repeat_threshold(
+    table: pd.DataFrame, threshold: float | str | None, auto_threshold: float
+) -> tuple[float | None, str]:
+    """The run's repeat threshold and why: ``"auto"`` turns sampling on (at
+    ``auto_threshold``) when some class is on fewer than that share of the training
+    images, and off otherwise; a number or None (off) is kept."""
+    if threshold != "auto":
+        if threshold is None:
+            return None, "repeat factor sampling off (asked for): each image once an epoch"
+        return float(threshold), f"repeat factor sampling at threshold {threshold:g} (asked for)"
+    sets = image_class_sets(table)
+    counts = Counter(c for classes in sets for c in classes)
+    n_images = max(len(sets), 1)
+    rare = sorted((n, c) for c, n in counts.items() if n / n_images < auto_threshold)
+    if not rare:
+        return None, (
+            f"repeat factor sampling off: every class is on at least {auto_threshold:.0%} of the "
+            f"{n_images} training images"
+        )
+    names = ", ".join(f"{class_name(c)} on {n}" for n, c in rare[:3])
+    more = f" and {len(rare) - 3} more" if len(rare) > 3 else ""
+    shown = float(repeat_factors(table, auto_threshold).sum())
+    return auto_threshold, (
+        f"repeat factor sampling at threshold {auto_threshold:g}: {len(rare)} class(es) on fewer "
+        f"than {auto_threshold:.0%} of the {n_images} training images ({names}{more}); an epoch "
+        f"shows about {shown:.0f} images instead of {n_images}"
+    )
 
 
 def expected_class_exposure(table: pd.DataFrame, factors: Mapping[str, float]) -> pd.DataFrame:

@@ -30,8 +30,9 @@ from cxrkit.anchors import (
     resized_boxes,
     stock_anchors,
 )
+from cxrkit.budget import plan_from_budget
 from cxrkit.checkpoints import checkpoint_size, load_checkpoint
-from cxrkit.config import TrainConfig, resolve
+from cxrkit.config import AUTO_REPEAT_THRESHOLD, TrainConfig, resolve
 from cxrkit.data import (
     TestDataset,
     XrayDataset,
@@ -49,9 +50,11 @@ from cxrkit.models import (
     saved_in_pretrained_layout,
     to_pretrained_layout,
 )
+from cxrkit.registry import get_spec
 from cxrkit.runs import (  # the run-folder helpers; still importable from cxrkit.train
     check_resume_settings,
     keep_split,
+    planned_epochs,
     prepare_run_folder,
     read_folder,
     read_training_table,
@@ -60,7 +63,7 @@ from cxrkit.runs import (  # the run-folder helpers; still importable from cxrki
     table_digest,
     write_out_of_fold_table,
 )
-from cxrkit.sampling import RepeatFactorSampler, repeat_factors
+from cxrkit.sampling import RepeatFactorSampler, choose_repeat_threshold, repeat_factors
 from cxrkit.submission import add_no_finding
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
 from cxrkit.utils import seed_everything, try_gpu
@@ -115,6 +118,8 @@ def make_loaders(
         table[ids.isin(set(split[1]))], image_dir, valid_transforms(cfg.size), meta=meta
     )
     sampler: Sampler[int] | None = None
+    if cfg.repeat_threshold == "auto":  # decided here for a caller that did not decide it
+        cfg = _choose_sampling(cfg, train_ds.truth_table(), info, show=False)
     if cfg.repeat_threshold is not None:
         if info.enabled:
             raise ConfigError(
@@ -149,12 +154,10 @@ def make_loaders(
 def _build_for_training(
     cfg: TrainConfig,
     device: torch.device,
-    info: DistInfo,
     anchors: AnchorSpec | None = None,
     resume_from: Path | None = None,
 ) -> nn.Module:
-    """The model of ``cfg``, built for ``cfg.size`` px, on ``device``; wrapped in
-    DistributedDataParallel under torchrun.
+    """The model of ``cfg``, built for ``cfg.size`` px, on ``device``.
 
     A resume (``resume_from``: the run's ``last.pt``) builds the model in the layout
     the run was saved in (frozen BatchNorm when it started from COCO weights) and never
@@ -167,12 +170,16 @@ def _build_for_training(
         model = build_model(cfg.model_name, weights=None, size=cfg.size, anchors=anchors)
         if saved_in_pretrained_layout(cfg.model_name, load_checkpoint(resume_from)["model"]):
             model = to_pretrained_layout(model, cfg.model_name)
-    model = model.to(device)
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
-    return model
+    return model.to(device)
+
+
+def _wrap_for_processes(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """``model`` in DistributedDataParallel under torchrun, else itself."""
+    if not info.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.local_rank] if device.type == "cuda" else None
+    )
 
 
 def _fit_to_boxes(
@@ -208,6 +215,23 @@ def _fit_to_boxes(
         print("and on the anchor grid (strides 8-64 px), what the RPN matches:")
         print(on_grid.round(2).to_string())
     return cfg, spec
+
+
+def _choose_sampling(
+    cfg: TrainConfig, train_table: pd.DataFrame, info: DistInfo, show: bool
+) -> TrainConfig:
+    """``cfg`` with its repeat threshold decided from the training images (``"auto"``);
+    off under torchrun, where each rank samples its own shard."""
+    if cfg.repeat_threshold == "auto" and info.enabled:
+        threshold = None
+        reason = "repeat factor sampling off: it runs in one process, not under torchrun"
+    else:
+        threshold, reason = choose_repeat_threshold(
+            train_table, cfg.repeat_threshold, AUTO_REPEAT_THRESHOLD
+        )
+    if show and cfg.repeat_threshold == "auto":
+        print(reason)
+    return replace(cfg, repeat_threshold=threshold)
 
 
 def _describe_run(
@@ -262,7 +286,16 @@ def train_from_folder(
     the split differ from the run's. A folder that already holds a run is refused
     (:class:`OverwriteError`) unless ``resume=True`` or ``overwrite=True`` (which
     replaces it), and so is a folder another training is writing (its lock file names
-    the pid). ``max_minutes`` bounds the whole run.
+    the pid).
+
+    Without ``epochs`` the run plans them from its time budget (``minutes``, default
+    by device: :data:`cxrkit.config.DEFAULT_MINUTES`): it times its first steps on a
+    copy of the model and sizes the schedule to the epochs that fit
+    (:mod:`cxrkit.budget`); a resume finishes the saved plan. With ``epochs``,
+    ``minutes`` (or ``max_minutes``, its older name) stops the run before an epoch
+    that would end later. ``size="auto"`` (cxr_small's default) and
+    ``repeat_threshold="auto"`` (the default) are decided from the training boxes;
+    each choice is printed with its reason.
 
     Under ``torchrun`` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel:
     each process sees a different shard of the images (``DistributedSampler``),
@@ -286,14 +319,27 @@ def train_from_folder(
             check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
             train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
             cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
+            cfg = _choose_sampling(cfg, train_table, info, info.is_main)
+            last = out / "last.pt"
+            resume_from = last if resume and last.is_file() else None
+            cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resume_from, info.is_main))
             settings = {**asdict(cfg), "annotations_digest": table_digest(table)}
             if resume:  # the settings first: a new seed is named, not the split it changes
                 check_resume_settings(out, "detector", settings, cfg.epochs)
             keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-            last = out / "last.pt"
-            resume_from = last if resume and last.is_file() else None
-            model = _build_for_training(cfg, device, info, anchors, resume_from)
+            model = _build_for_training(cfg, device, anchors, resume_from)
+            minutes = cfg.minutes if cfg.minutes is not None else max_minutes
+            if cfg.epochs is None:  # plan the epochs that fit the budget, measured here
+                minutes, epochs, reason = plan_from_budget(
+                    model, train_loader, valid_loader, device, cfg.minutes, t_start,
+                    get_spec(cfg.model_name).max_epochs, use_amp=cfg.amp is not False,
+                )  # fmt: skip
+                if info.is_main:
+                    print(reason)
+                cfg = replace(cfg, epochs=epochs)
+                settings["epochs"] = epochs
+            model = _wrap_for_processes(model, device, info)
             if info.is_main:
                 print(_describe_run(cfg, train_loader, valid_loader, device, info))
             optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
@@ -302,7 +348,7 @@ def train_from_folder(
             )
             run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
             elapsed = (time.monotonic() - t_start) / 60
-            budget = None if max_minutes is None else max(0.0, max_minutes - elapsed)
+            budget = None if minutes is None else max(0.0, minutes - elapsed)
             config = {**settings, **run, "world_size": info.world_size}  # saved whole
             result = fit_run(
                 model, train_loader, valid_loader, out, device, optimizer, scheduler, config,

@@ -111,13 +111,20 @@ def test_train_config_is_saved_and_a_resume_names_each_changed_field(
 
 def test_train_config_defaults_per_model():
     small = TrainConfig().resolved()
-    assert (small.size, small.lr, small.schedule, small.warmup_iters) == (256, 0.02, "cosine", 50)
+    assert (small.size, small.lr, small.schedule, small.warmup_iters) == (
+        "auto",
+        0.02,
+        "cosine",
+        50,
+    )
+    assert small.epochs is None and small.repeat_threshold == "auto"  # decided by the run
     seed = TrainConfig(model_name="fasterrcnn_resnet50_fpn", lr=0.01, weights="coco.pth")
     seed = seed.resolved()
     assert (seed.size, seed.lr, seed.schedule, seed.max_grad_norm) == (512, 0.01, "step", None)
     scratch = TrainConfig(model_name="fasterrcnn_resnet50_fpn").resolved()  # no COCO weights
     assert (scratch.warmup_iters, scratch.max_grad_norm) == (50, 10.0)
-    assert TrainConfig(size=0).resolved().size == 256  # --size 0 meant the default
+    assert TrainConfig(size=0).resolved().size == "auto"  # --size 0 meant the default
+    assert TrainConfig(model_name="fasterrcnn_resnet50_fpn", size=0).resolved().size == 512
 
 
 # ------------------------------------------------------------ fit with another task

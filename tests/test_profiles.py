@@ -166,7 +166,7 @@ def test_cli_train_profile_and_explicit_flags_override(monkeypatch, no_gpu, offl
         *,
         resume,
         overwrite,
-        max_minutes,
+        max_minutes=None,
         **settings,
     ):
         calls.append(replace(config or TrainConfig(), **settings).resolved())

@@ -152,6 +152,7 @@ def test_cli_option_reaches_the_training_settings():
         return TrainConfig(**typed_settings(args))
 
     assert config("--repeat-threshold", "0.1").repeat_threshold == 0.1
-    assert config().repeat_threshold is None
+    assert config().repeat_threshold == "auto"  # decided from the training images
+    assert config("--repeat-threshold", "off").repeat_threshold is None
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "d", "t.csv", "--out", "r", "--repeat-threshold", "1.5"])

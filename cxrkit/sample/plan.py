@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrkit.errors import ConfigError
 from cxrkit.labels import NUM_FINDINGS
 
 __all__ = [
@@ -90,15 +91,34 @@ class CaseSpec:
         return np.random.default_rng(np.random.SeedSequence(self.root_seed, spawn_key=key))
 
 
-def _class_probabilities() -> np.ndarray:
+def check_findings(findings: Sequence[int]) -> tuple[int, ...]:
+    """``findings`` as sorted unique class ids; ConfigError unless they are findings 0-13."""
+    try:
+        ids = tuple(sorted({int(c) for c in findings}))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"findings must be class ids 0-{NUM_FINDINGS - 1}, got {findings!r}"
+        ) from None
+    if not ids or ids[0] < 0 or ids[-1] >= NUM_FINDINGS:
+        raise ConfigError(
+            f"findings must be one or more class ids 0-{NUM_FINDINGS - 1} (14 is No finding), "
+            f"got {list(findings)}"
+        )
+    return ids
+
+
+def _class_probabilities(findings: Sequence[int] | None = None) -> np.ndarray:
     """Finding frequencies: the real shares, flattened by a square root.
 
     The real data has ~32x more Aortic enlargement than Pneumothorax boxes; the
     square root keeps the order (what students should notice) but leaves the
-    rare classes a chance to be learned from 200 images.
+    rare classes a chance to be learned from 200 images. Classes not in
+    ``findings`` (when given) get 0.
     """
     counts = np.array([REAL_ROW_COUNTS[c] for c in range(NUM_FINDINGS)], dtype=float)
     p = np.sqrt(counts / counts.sum())
+    if findings is not None:
+        p[[c for c in range(NUM_FINDINGS) if c not in set(findings)]] = 0.0
     return p / p.sum()
 
 
@@ -122,8 +142,10 @@ def _balanced(options: Sequence, weights: Sequence[float], n: int, rng: np.rando
 
 
 def _abnormal_findings(rng: np.random.Generator, p: np.ndarray) -> set[int]:
-    """1-3 findings for one abnormal image, with the real data's co-occurrences."""
+    """1-3 findings for one abnormal image, with the real data's co-occurrences
+    (only between classes that ``p`` allows)."""
     k = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.20]))
+    k = min(k, int(np.count_nonzero(p)))
     chosen = set(rng.choice(NUM_FINDINGS, size=k, replace=False, p=p).tolist())
     # Co-occurrences of the real data: a big heart often comes with a big aorta.
     if 0 in chosen and 3 not in chosen and rng.random() < 0.4:
@@ -132,14 +154,18 @@ def _abnormal_findings(rng: np.random.Generator, p: np.ndarray) -> set[int]:
         chosen.add(0)
     if 13 in chosen and 11 not in chosen and rng.random() < 0.3:
         chosen.add(11)  # fibrosis with pleural thickening
-    return chosen
+    return {c for c in chosen if p[c] > 0}
 
 
 def _top_up_rare(
-    plan: list[set[int]], abnormal: list[int], rng: np.random.Generator, min_per_class: int
+    plan: list[set[int]],
+    abnormal: list[int],
+    rng: np.random.Generator,
+    min_per_class: int,
+    classes: Sequence[int],
 ) -> None:
     """In place: add rare classes to the abnormal images with the fewest findings."""
-    for c in range(NUM_FINDINGS):
+    for c in classes:
         missing = min_per_class - sum(c in s for s in plan)
         candidates = [i for i in abnormal if c not in plan[i]]
         rng.shuffle(candidates)
@@ -148,15 +174,19 @@ def _top_up_rare(
             plan[i].add(c)
 
 
-def _plan_findings(n: int, rng: np.random.Generator, min_per_class: int) -> list[tuple[int, ...]]:
-    """Class ids per image: a third normal, 1-3 findings otherwise, every class seen."""
+def _plan_findings(
+    n: int, rng: np.random.Generator, min_per_class: int, findings: Sequence[int] | None = None
+) -> list[tuple[int, ...]]:
+    """Class ids per image: a third normal, 1-3 findings otherwise, every class seen
+    (every class of ``findings`` only, when given)."""
     n_normal = int(round(n * NORMAL_FRACTION)) if n >= 3 else 0
     normal = set(rng.permutation(n)[:n_normal].tolist())
-    p = _class_probabilities()
+    p = _class_probabilities(findings)
     plan = [set() if i in normal else _abnormal_findings(rng, p) for i in range(n)]
     abnormal = [i for i in range(n) if i not in normal]
+    classes = range(NUM_FINDINGS) if findings is None else sorted(set(findings))
     if abnormal:  # top up rare classes on the images with the fewest findings
-        _top_up_rare(plan, abnormal, rng, min_per_class)
+        _top_up_rare(plan, abnormal, rng, min_per_class, classes)
     return [tuple(sorted(s)) for s in plan]
 
 
@@ -187,19 +217,27 @@ def _plan_variants(n: int, rng: np.random.Generator) -> list[DicomVariant]:
 
 
 def plan_cases(
-    seed: int, n_train: int, n_test: int, finding_variant: str = "default"
+    seed: int,
+    n_train: int,
+    n_test: int,
+    finding_variant: str = "default",
+    findings: Sequence[int] | None = None,
 ) -> list[CaseSpec]:
     """Decide, for every image, its findings and how its DICOM is stored.
 
     ``finding_variant`` changes how some findings are drawn, not which ones: the
-    plan (classes, storage, image ids) is the same for every variant.
+    plan (classes, storage, image ids) is the same for every variant. ``findings``
+    (class ids 0-13) keeps only those classes: a dataset with fewer, other classes
+    than the default sample, e.g. to check that defaults chosen from the data generalize.
     """
+    if findings is not None:
+        findings = check_findings(findings)
     plan_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     cases: list[CaseSpec] = []
     for split_no, (split, n) in enumerate((("train", n_train), ("test", n_test)), start=1):
         n_abnormal = n - int(round(n * NORMAL_FRACTION))
         min_per_class = min(4, max(1, 3 * n_abnormal // NUM_FINDINGS))
-        findings = _plan_findings(n, plan_rng, min_per_class)
+        classes = _plan_findings(n, plan_rng, min_per_class, findings)
         variants = _plan_variants(n, plan_rng)
         for i in range(n):
             cases.append(
@@ -207,7 +245,7 @@ def plan_cases(
                     split,
                     i,
                     (split_no, i),
-                    findings[i],
+                    classes[i],
                     variants[i],
                     root_seed=seed,
                     finding_variant=finding_variant,
