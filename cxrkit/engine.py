@@ -205,21 +205,13 @@ def time_training_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
-    start, timed = 0.0, -1
-    for batch in loader:
-        if timed == 0:
-            _synchronize(device)
-            start = time.perf_counter()
+
+    def step(batch: Batch) -> None:
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=scaler is not None):
             losses = sum(batch_losses(model, batch, device).values())
         _backward_step(model, optimizer, losses, scaler, None)
-        timed += 1
-        if timed == steps:
-            break
-    _synchronize(device)
-    if timed <= 0:
-        return 0.0, 0
-    return (time.perf_counter() - start) / timed, timed
+
+    return _seconds_per_batch(loader, device, steps, step)
 
 
 @torch.inference_mode()
@@ -229,17 +221,27 @@ def time_predicting_batches(
     """Seconds ``model`` takes to predict one batch of ``loader`` in eval mode, measured
     (the first batch untimed, then up to ``batches``): what one validation costs."""
     model.eval()
+
+    def step(batch: Batch) -> None:
+        images = batch[0]
+        model(images.to(device) if isinstance(images, torch.Tensor) else _to_device(images, device))
+
+    return _seconds_per_batch(loader, device, batches, step)
+
+
+def _seconds_per_batch(
+    loader: Iterable, device: torch.device, count: int, step: Callable[[Batch], None]
+) -> tuple[float, int]:
+    """Mean seconds of ``step`` over ``count`` batches of ``loader`` after one untimed
+    batch, and how many were timed (0: the loader had one batch or none)."""
     start, timed = 0.0, -1
-    for images, _, _ in loader:
+    for batch in loader:
         if timed == 0:
             _synchronize(device)
             start = time.perf_counter()
-        if isinstance(images, torch.Tensor):
-            model(images.to(device))
-        else:
-            model(_to_device(images, device))
+        step(batch)
         timed += 1
-        if timed == batches:
+        if timed == count:
             break
     _synchronize(device)
     if timed <= 0:

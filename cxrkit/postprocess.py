@@ -114,7 +114,7 @@ def classwise_nms_table(table: pd.DataFrame, iou_thresh: float = PREDICT_NMS_IOU
     scores = torch.tensor(table["score"].to_numpy(np.float64))
     # one group per (image, class): batched_nms never lets two groups suppress each other
     groups = table.groupby(["image_id", "class_id"], sort=False).ngroup().to_numpy()
-    keep = torchvision.ops.batched_nms(boxes, scores, torch.as_tensor(groups), iou_thresh)
+    keep = torchvision.ops.batched_nms(boxes, scores, torch.tensor(groups), iou_thresh)
     mask = np.zeros(len(table), dtype=bool)
     mask[keep.numpy()] = True
     return table[mask]

@@ -871,6 +871,8 @@ def test_every_option_of_every_command_has_help_with_its_default():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                 continue
+            if action.help == argparse.SUPPRESS:  # an older name, kept out of --help
+                continue
             where = f"{name or 'top'} {action.option_strings or action.dest}"
             assert action.help and action.help.strip(), f"{where} has no help"
             assert "``" not in action.help, f"{where}: reST markup in help"
@@ -912,7 +914,8 @@ def test_train_help_lists_every_model_name_and_every_default():
         assert f"(default: {value})" in entries[flag], (flag, entries[flag])
     for name in MODEL_NAMES:  # the per-model defaults of --lr, --size: each model's recipe
         spec = get_spec(name)
-        for flag, value in [("--lr", spec.lr), ("--size", spec.size), ("--epochs", spec.epochs),
+        size = "auto" if spec.size_from_data else spec.size
+        for flag, value in [("--lr", spec.lr), ("--size", size),
                             ("--batch-size", spec.batch_size)]:  # fmt: skip
             entry = entries[flag]  # each model's value, or one value they all share
             assert (

@@ -228,3 +228,41 @@ def test_broken_training_fails_the_notebook(tmp_path, monkeypatch):
         CellExecutionError, match="best validation mAP@0.4 = .* outside the expected range"
     ):
         client.execute()
+
+
+@pytest.mark.slow
+def test_a_training_notebook_run_as_a_users_kernel_shows_clean_short_outputs(tmp_path):
+    """Notebook 07 as JupyterLab shows it: progress bars on, stderr kept, consecutive
+    stream writes merged (nbclient's ``coalesce_streams``, what the frontend does).
+
+    The committed notebooks are made with ``TQDM_DISABLE=1`` and stderr stripped, which
+    hides what a learner sees; this run trains its six models from an empty cache.
+    """
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    env.update(CXRKIT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    notebook = nbformat.read(NOTEBOOKS / "07_no_finding.ipynb", as_version=4)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # the kernel process inherits this environment
+    try:
+        client = NotebookClient(
+            notebook, timeout=1200, kernel_name="python3", coalesce_streams=True,
+            resources={"metadata": {"path": str(tmp_path)}},
+        )  # fmt: skip
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    for number, cell in enumerate(notebook.cells, start=1):
+        outputs = cell.get("outputs", [])
+        assert len(outputs) <= 30, (number, len(outputs))
+        for output in outputs:
+            if output.get("output_type") == "stream":
+                assert output["text"].strip(), (number, output["name"], "blank stream output")
+    streams = [o for c in notebook.cells for o in c.get("outputs", []) if "name" in o]
+    assert any("epoch" in o["text"] for o in streams)  # the bars and epoch lines were there

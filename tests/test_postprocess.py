@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision.ops
 from ensemble_boxes import weighted_boxes_fusion
 
+from cxrkit.formats import BOX_COLUMNS
 from cxrkit.postprocess import (
     apply_nms,
     classwise_nms,
+    classwise_nms_table,
     filter_by_score,
     hflip_boxes,
     merge_tta,
@@ -186,3 +189,34 @@ def test_read_only_numpy_input_gives_no_warning():
         warnings.simplefilter("error")
         kept = apply_nms({"boxes": boxes, "scores": scores, "labels": labels}, iou_thresh=0.3)
     assert len(kept["boxes"]) == 1
+
+
+def test_nms_of_a_table_is_torchvision_per_image_and_class():
+    """classwise_nms_table == batched_nms run image by image (predict's final step)."""
+    rows = []
+    for image in range(3):
+        p = make_prediction(10 + image, n=30)
+        for box, score, label in zip(p["boxes"], p["scores"], p["labels"], strict=True):
+            rows.append({"image_id": f"img{image}", "class_id": int(label) - 1,
+                         "score": float(score), **dict(zip(BOX_COLUMNS, box.tolist(), strict=True))})  # fmt: skip
+    table = pd.DataFrame(rows)
+    kept = classwise_nms_table(table, 0.3)
+    expected = []
+    for _, part in table.groupby("image_id", sort=False):
+        boxes = torch.tensor(part[list(BOX_COLUMNS)].to_numpy())
+        keep = torchvision.ops.batched_nms(
+            boxes,
+            torch.tensor(part["score"].to_numpy()),
+            torch.tensor(part["class_id"].to_numpy()),
+            0.3,
+        )
+        expected += part.index[keep.numpy()].tolist()
+    assert 0 < len(kept) < len(table)  # the case suppresses something
+    assert sorted(kept.index) == sorted(expected)
+    assert list(kept.index) == sorted(kept.index)  # rows keep their order
+    # two identical boxes on two images never suppress each other
+    same = pd.concat([table.iloc[:1].assign(image_id="a"), table.iloc[:1].assign(image_id="b")])
+    assert len(classwise_nms_table(same, 0.3)) == 2
+    assert classwise_nms_table(table, 1.0).equals(table)  # 1 keeps every box
+    with pytest.raises(ValueError, match=r"iou_thresh must be in \(0, 1\]"):
+        classwise_nms_table(table, 0.0)

@@ -281,3 +281,32 @@ def test_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not a cxrkit sample"):
         generate_sample(tmp_path, n_train=2, n_test=1, progress=False)
     assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_findings_keeps_only_those_classes_and_the_default_plan_is_unchanged():
+    six = (0, 3, 7, 8, 10, 11)
+    specs = plan_cases(5, 160, 60, findings=six)
+    seen = {c for spec in specs for c in spec.class_ids}
+    assert seen == set(six)  # every one of them, and nothing else
+    assert sum(not spec.class_ids for spec in specs) > 0  # normal images remain
+    default = plan_cases(5, 160, 60)
+    assert [s.class_ids for s in plan_cases(5, 160, 60, findings=None)] == [
+        s.class_ids for s in default
+    ]
+    assert {c for spec in default for c in spec.class_ids} == set(range(14))
+
+
+@pytest.mark.parametrize("bad", [(), (14,), (-1, 3), ("x",)])
+def test_findings_must_be_finding_ids(tmp_path, bad):
+    with pytest.raises(ValueError, match="findings must be"):
+        generate_sample(tmp_path / "x", n_train=4, n_test=1, progress=False, findings=bad)
+    assert not (tmp_path / "x").exists()  # refused before the folder is touched
+
+
+def test_the_command_line_refuses_findings_that_are_not_finding_ids(tmp_path):
+    from helpers import one_line_error, run_main
+
+    err = one_line_error(run_main("sample", tmp_path / "s", "--findings", "0,15"), "sample")
+    assert "class ids must be 0-13" in err
+    err = one_line_error(run_main("sample", tmp_path / "s", "--findings", "a,b"), "sample")
+    assert "must be class ids separated by commas" in err
