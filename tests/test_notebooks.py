@@ -236,28 +236,40 @@ def test_a_training_notebook_run_as_a_users_kernel_shows_clean_short_outputs(tmp
     stream writes merged (nbclient's ``coalesce_streams``, what the frontend does).
 
     The committed notebooks are made with ``TQDM_DISABLE=1`` and stderr stripped, which
-    hides what a learner sees; this run trains its six models from an empty cache.
+    hides what a learner sees; this run trains its six models from an empty cache. It
+    runs from a copy in ``my-notebooks/``, as the README advises, and the repository's
+    ``git status`` must not change (figures, runs and caches stay out of tracked files).
     """
     import os
+    import shutil
 
     import nbformat
     from nbclient import NotebookClient
 
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
     env.update(CXRKIT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    notebook = nbformat.read(NOTEBOOKS / "07_no_finding.ipynb", as_version=4)
+    root = NOTEBOOKS.parent
+    copy = root / "my-notebooks" / f"test-{tmp_path.name}"  # git-ignored, as the README says
+    copy.mkdir(parents=True)
+    shutil.copy(NOTEBOOKS / "07_no_finding.ipynb", copy)
+    status = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all"]
+    before = subprocess.run(status, capture_output=True, text=True).stdout
+    notebook = nbformat.read(copy / "07_no_finding.ipynb", as_version=4)
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)  # the kernel process inherits this environment
     try:
         client = NotebookClient(
             notebook, timeout=1200, kernel_name="python3", coalesce_streams=True,
-            resources={"metadata": {"path": str(tmp_path)}},
+            resources={"metadata": {"path": str(copy)}},
         )  # fmt: skip
         client.execute()
+        after = subprocess.run(status, capture_output=True, text=True).stdout
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        shutil.rmtree(copy, ignore_errors=True)
+    assert after == before  # running the copy changed no tracked or unignored file
     for number, cell in enumerate(notebook.cells, start=1):
         outputs = cell.get("outputs", [])
         assert len(outputs) <= 30, (number, len(outputs))
