@@ -489,6 +489,8 @@ def train_classifier(
     """
     t_start = time.monotonic()
     cfg = replace(config or ClassifierConfig(), **settings).checked()
+    if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
+        cfg = replace(cfg, minutes=max_minutes)
     out = Path(out_dir)
     _refuse_torchrun()
     info = DistInfo()  # one process: the run folder helpers expect a rank
@@ -500,9 +502,8 @@ def train_classifier(
         resumed = last if resume and last.is_file() else None
         cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resumed))
         data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
-        minutes = cfg.minutes if cfg.minutes is not None else max_minutes
         elapsed = (time.monotonic() - t_start) / 60
-        budget = None if minutes is None else max(0.0, minutes - elapsed)
+        budget = None if cfg.minutes is None else max(0.0, cfg.minutes - elapsed)
         return _fit_classifier(cfg, data, out, run_config, device, resume, budget, t_start)
 
 

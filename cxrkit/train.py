@@ -303,6 +303,8 @@ def train_from_folder(
     """
     t_start = time.monotonic()
     cfg = replace(config or TrainConfig(), **settings)
+    if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
+        cfg = replace(cfg, minutes=max_minutes)
     out = Path(out_dir)
     info = setup_distributed()
     try:
@@ -329,7 +331,7 @@ def train_from_folder(
             keep_split(out / "split.csv", *split, resume, info.is_main)
             train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
             model = _build_for_training(cfg, device, anchors, resume_from)
-            minutes = cfg.minutes if cfg.minutes is not None else max_minutes
+            minutes = cfg.minutes
             if cfg.epochs is None:  # plan the epochs that fit the budget, measured here
                 minutes, epochs, reason = plan_from_budget(
                     model, train_loader, valid_loader, device, cfg.minutes, t_start,

@@ -154,3 +154,15 @@ def test_a_classifier_without_epochs_plans_them_from_its_budget(
     assert f"epochs {planned}: an epoch takes about" in printed, printed
     assert run.epochs_done == planned >= 2
     assert seconds <= minutes * 60 + run.history["seconds"].max()
+
+
+def test_max_minutes_the_older_name_is_the_budget_too(
+    sample_data, preprocessed, tmp_path, monkeypatch
+):
+    """train_from_folder(max_minutes=1) without epochs plans for 1 minute, not the default 10."""
+    fixed = EpochCost(step_s=4.0, steps=5, valid_batch_s=0.0, valid_batches=0, save_s=0.0)
+    monkeypatch.setattr(cxrkit.budget, "measure_epoch", lambda *a, **k: fixed)
+    run = train_from_folder(
+        preprocessed, sample_data / "train.csv", tmp_path / "run", size=64, max_minutes=1
+    )
+    assert load_checkpoint(run.last)["config"]["epochs"] == 2  # 95 % of ~1 min / 20 s
