@@ -154,14 +154,30 @@ def check_finite(state: Mapping[str, Any], path: Any) -> None:
                 )
 
 
+# Where a detector's state_dict keeps its class layer, by head: Faster R-CNN's box
+# classifier has one row per class; a one-stage head's last convolution has
+# classes x anchors output channels, beside a box convolution of 4 x anchors.
+_ROI_CLASSES = "roi_heads.box_predictor.cls_score.weight"
+_DENSE_CLASSES = "head.classification_head.cls_logits.weight"
+_DENSE_BOXES = "head.regression_head.bbox_reg.weight"
+
+
 def classes_in_state(state: Mapping[str, torch.Tensor], path: Any) -> int:
-    """The class count of a Faster R-CNN state_dict (rows of its box classifier)."""
-    key = "roi_heads.box_predictor.cls_score.weight"
-    if key not in state:
-        raise CheckpointError(
-            f"{path} is not a Faster R-CNN state_dict (no {key!r}); first keys: {list(state)[:3]}"
-        )
-    return int(state[key].shape[0])
+    """The class count of a detector's state_dict (background included).
+
+    Faster R-CNN: the rows of its box classifier. RetinaNet and FCOS: the output
+    channels of the classification head's last convolution per anchor, the anchors
+    being the box convolution's outputs / 4.
+    """
+    if _ROI_CLASSES in state:
+        return int(state[_ROI_CLASSES].shape[0])
+    if _DENSE_CLASSES in state and _DENSE_BOXES in state:
+        anchors = int(state[_DENSE_BOXES].shape[0]) // 4
+        return int(state[_DENSE_CLASSES].shape[0]) // max(anchors, 1)
+    raise CheckpointError(
+        f"{path} is not a detector's state_dict (no {_ROI_CLASSES!r} nor {_DENSE_CLASSES!r}); "
+        f"first keys: {list(state)[:3]}"
+    )
 
 
 def check_state_matches(

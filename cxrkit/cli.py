@@ -161,12 +161,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         low=BAND_DEFAULTS["low"] if args.low is None else args.low,
         high=BAND_DEFAULTS["high"] if args.high is None else args.high,
         mode=args.mode or "bands",
-        iou_thr=args.wbf_iou,
-        skip_box_thr=args.wbf_skip,
+        iou_thr=0.55 if args.wbf_iou is None else args.wbf_iou,
+        skip_box_thr=args.wbf_skip or 0.0,
         weights=args.wbf_weights,
-        nms_iou=args.nms,
+        nms_iou=PREDICT_NMS_IOU if args.nms is None else args.nms,
+        fusion=args.fusion,
     )
     print(f"submission written to {path}")
+    return 0
+
+
+def _cmd_tune_fusion(args: argparse.Namespace) -> int:
+    from cxrkit.predict import tune_fusion_from_runs
+
+    models = [[Path(part) for part in str(run).split(",") if part] for run in args.runs]
+    choice = tune_fusion_from_runs(models, args.out, n_boot=args.n_boot)
+    print(choice)
+    best = choice.best_single
+    if choice.map <= choice.single_maps[best]:
+        print(
+            f"NO GAIN: out of fold no fusion scored above {best} alone "
+            f"({choice.single_maps[best]:.4f}); predict with {best} alone, or train the "
+            "weaker model longer"
+        )
+    checkpoints = " ".join(f"{runs[0]}/best.pt" for runs in models)
+    print(f"fusion settings written to {args.out}; use them with:")
+    print(f"  python -m cxrkit predict {checkpoints} DATA --out SUB.csv --fusion {args.out}")
     return 0
 
 
@@ -208,6 +228,16 @@ def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Names
     typed = [f"--{name}" for name in ("low", "high", "mode") if getattr(args, name) is not None]
     if typed and not args.classifier:
         parser.error(f"{' and '.join(typed)} apply the classifier: give --classifier too")
+    fusion_typed = [
+        f"--{name.replace('_', '-')}"
+        for name in ("wbf_weights", "wbf_iou", "wbf_skip", "nms")
+        if getattr(args, name) is not None
+    ]
+    if args.fusion is not None and fusion_typed:
+        parser.error(
+            f"--fusion sets the WBF weights, IoU, skip and NMS it was tuned with; "
+            f"leave out {' and '.join(fusion_typed)}"
+        )
     if args.wbf_weights is not None and len(args.wbf_weights) != len(args.checkpoints):
         parser.error(
             f"--wbf-weights gives {len(args.wbf_weights)} weight(s) for "
@@ -437,23 +467,47 @@ def _add_predict_command(p: argparse.ArgumentParser) -> None:
         "(default: bands)",
     )  # fmt: skip
     p.add_argument(
-        "--nms", type=iou_threshold, default=PREDICT_NMS_IOU, metavar="IOU",
+        "--nms", type=iou_threshold, default=None, metavar="IOU",
         help="class-wise NMS of the final boxes at this IoU, in (0, 1]: the model's own 0.5 "
-        "lets duplicates of thin findings through; 1 keeps every box",
+        f"lets duplicates of thin findings through; 1 keeps every box (default: {PREDICT_NMS_IOU})",
     )  # fmt: skip
     p.add_argument(
-        "--wbf-iou", type=iou_threshold, default=0.55,
-        help="several checkpoints: IoU above which their boxes fuse, in (0, 1]",
+        "--fusion", type=Path, default=None, metavar="FILE",
+        help="several checkpoints: the WBF weights, IoU, skip and NMS that tune-fusion chose "
+        "out of fold (its JSON file); the checkpoints go in the order it was tuned for",
     )  # fmt: skip
     p.add_argument(
-        "--wbf-skip", type=probability, default=0.0,
-        help="several checkpoints: boxes scored below this are left out of the fusion",
+        "--wbf-iou", type=iou_threshold, default=None,
+        help="several checkpoints: IoU above which their boxes fuse, in (0, 1] (default: 0.55)",
+    )  # fmt: skip
+    p.add_argument(
+        "--wbf-skip", type=probability, default=None,
+        help="several checkpoints: boxes scored below this are left out of the fusion "
+        "(default: 0)",
     )  # fmt: skip
     p.add_argument(
         "--wbf-weights", type=positive_float, nargs="+", default=None, metavar="W",
         help="several checkpoints: one weight per checkpoint (default: equal)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_predict, command_parser=p)
+
+
+def _add_tune_fusion_command(p: argparse.ArgumentParser) -> None:
+    """``tune-fusion``: choose the WBF settings of several detectors out of fold."""
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="a trained run folder per model (best.pt, split.csv), or a model's fold runs "
+        "joined by commas (RUN0,RUN1,RUN2: their oof.csv); all validated on the same images",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=output_file, required=True,
+        help="JSON file to write, for predict --fusion",
+    )  # fmt: skip
+    p.add_argument(
+        "--n-boot", type=positive_int, default=200,
+        help="bootstrap draws of the gain's interval over the best single model",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_tune_fusion)
 
 
 def _add_evaluate_command(p: argparse.ArgumentParser) -> None:
@@ -494,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_command(
         command("preprocess", "convert DICOMs to resized 8-bit PNGs + meta tables")
     )
-    _add_train_command(command("train", "train a Faster R-CNN on a preprocessed folder"))
+    _add_train_command(
+        command(
+            "train", "train a detector (Faster R-CNN, RetinaNet, FCOS) on a preprocessed folder"
+        )
+    )
     _add_train_classifier_command(
         command("train-classifier", "train an image-level normal/abnormal classifier")
     )
@@ -502,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
         command("classify", "write p_abnormal of each image of a split (classifiers averaged)")
     )
     _add_predict_command(command("predict", "predict a split and write a submission CSV"))
+    _add_tune_fusion_command(
+        command("tune-fusion", "tune the fusion of several detectors on out-of-fold predictions")
+    )
     _add_evaluate_command(command("evaluate", "score a submission with the competition metric"))
 
     _add_profile_option(sub.choices["train"])

@@ -13,6 +13,7 @@ inside the model. :func:`model_from_checkpoint` rebuilds a trained model from it
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.error
 from collections import OrderedDict
@@ -23,14 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import detection
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cxrkit.anchors import CXR_SMALL_LEVELS, AnchorSpec, fit_anchors, stock_anchors
+from cxrkit.anchors import (
+    CXR_SMALL_LEVELS,
+    CXR_SMALL_STRIDES,
+    AnchorSpec,
+    fit_anchors,
+    stock_anchors,
+)
 from cxrkit.checkpoints import (
     check_finite,
     check_state_matches,
@@ -175,9 +184,7 @@ def _cxr_small_detector(
     representation = int(options.pop("representation_size", 256))
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation)
     settings: dict[str, Any] = {
-        # Gray X-rays: one mean/std for all three (identical) channels.
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.25, 0.25, 0.25],
+        **_GRAY_NORMALISATION,
         # Fewer proposals than the COCO defaults (2000/1000): at most a few findings
         # per image, and the CPU time goes into the box head.
         "rpn_pre_nms_top_n_train": 1000,
@@ -202,6 +209,99 @@ def _cxr_small_detector(
     )
 
 
+# Gray X-rays: one mean/std for all three (identical) channels.
+_GRAY_NORMALISATION: dict[str, Any] = {
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.25, 0.25, 0.25],
+}
+
+
+def _head_norm(channels: int) -> nn.GroupNorm:
+    """The dense heads' normalisation: GroupNorm, as torchvision's ``_v2`` and FCOS heads
+    use, with up to 8 groups for the small heads' 64 channels."""
+    return _gn(channels)
+
+
+def _retina_small_detector(
+    num_classes: int, size: int, anchor_spec: AnchorSpec | None, options: dict[str, Any]
+) -> nn.Module:
+    """**retina_small**: a one-stage RetinaNet on :class:`CxrSmallBackbone`, from scratch.
+
+    No proposals: a dense head predicts, at every anchor of every feature level, the
+    15 class scores (sigmoid, trained with the *focal loss*, which down-weights the
+    thousands of easy background anchors) and the box offsets. The anchors are
+    cxr_small's (stock or fitted, the same :class:`~cxrkit.anchors.AnchorSpec`), so
+    the two families see the same candidate shapes and differ in how they score them.
+    """
+    options = dict(options)
+    max_size = int(options.pop("max_size", None) or size)
+    backbone = CxrSmallBackbone(fpn_channels=int(options.pop("fpn_channels", 64)))
+    spec = stock_anchors(size) if anchor_spec is None else anchor_spec.scaled(size)
+    if len(spec.sizes) != CXR_SMALL_LEVELS:
+        raise ConfigError(
+            f"retina_small has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors "
+            f"give sizes for {len(spec.sizes)}"
+        )
+    anchors = AnchorGenerator(spec.pixel_sizes(), spec.aspect_ratios)
+    head = RetinaNetHead(
+        backbone.out_channels,
+        anchors.num_anchors_per_location()[0],
+        num_classes,
+        norm_layer=_head_norm,
+    )
+    head.regression_head._loss_type = "giou"  # as retinanet_resnet50_fpn_v2
+    settings: dict[str, Any] = {
+        **_GRAY_NORMALISATION,
+        "score_thresh": 0.01,  # low: the metric ranks every box (torchvision: 0.05)
+        "detections_per_img": 100,
+        "topk_candidates": 300,
+        **options,
+    }
+    return RetinaNet(
+        backbone, num_classes, min_size=size, max_size=max_size,
+        anchor_generator=anchors, head=head, **settings,
+    )  # fmt: skip
+
+
+def _fcos_small_detector(
+    num_classes: int, size: int, anchor_spec: AnchorSpec | None, options: dict[str, Any]
+) -> nn.Module:
+    """**fcos_small**: a one-stage, anchor-free FCOS on :class:`CxrSmallBackbone`, from scratch.
+
+    Every feature-map cell inside a box predicts its distances to the box's four
+    sides, the class (focal loss) and a *centerness* score that ranks cells near
+    the box centre above those at its edge. Each level takes boxes of one size
+    range (4-8 times its stride), so there are no anchor shapes to choose.
+    """
+    if anchor_spec is not None:
+        raise ConfigError("fcos_small is anchor-free: it takes no fitted anchors")
+    options = dict(options)
+    max_size = int(options.pop("max_size", None) or size)
+    backbone = CxrSmallBackbone(fpn_channels=int(options.pop("fpn_channels", 64)))
+    # one "anchor" per cell, the size of its stride: FCOS uses only its centre and level
+    anchors = AnchorGenerator(tuple((s,) for s in CXR_SMALL_STRIDES), ((1.0,),) * CXR_SMALL_LEVELS)
+    head = FCOSHead(backbone.out_channels, 1, num_classes)  # GroupNorm(32) inside
+    settings: dict[str, Any] = {
+        **_GRAY_NORMALISATION,
+        "score_thresh": 0.01,
+        "detections_per_img": 100,
+        "topk_candidates": 300,
+        **options,
+    }
+    return FCOS(
+        backbone, num_classes, min_size=size, max_size=max_size,
+        anchor_generator=anchors, head=head, **settings,
+    )  # fmt: skip
+
+
+# The small from-scratch detectors, by family: the same backbone, three kinds of head.
+_SMALL_ARCHITECTURES = {
+    "faster_rcnn": _cxr_small_detector,
+    "retinanet": _retina_small_detector,
+    "fcos": _fcos_small_detector,
+}
+
+
 def build_cxr_small(
     spec: ModelSpec,
     num_classes: int,
@@ -210,14 +310,15 @@ def build_cxr_small(
     anchor_spec: AnchorSpec | None = None,
     **options: Any,
 ) -> nn.Module:
-    """``cxr_small`` from scratch (``weights=None``) or from a cxrkit file; it has no
-    published weights, so ``"DEFAULT"`` is a :class:`WeightsError`."""
+    """A small detector of ``spec.family`` on :class:`CxrSmallBackbone` (``cxr_small``,
+    ``retina_small``, ``fcos_small``), from scratch (``weights=None``) or from a
+    cxrkit file; they have no published weights, so ``"DEFAULT"`` is a :class:`WeightsError`."""
     if isinstance(weights, str) and weights.upper() == "DEFAULT":
         raise WeightsError(
             f"{spec.name} has no published pretrained weights; use weights=None (train from "
             "scratch) or the path of a cxrkit checkpoint"
         )
-    model = _cxr_small_detector(num_classes, size, anchor_spec, options)
+    model = _SMALL_ARCHITECTURES[spec.family](num_classes, size, anchor_spec, options)
     if weights is not None:
         _load_file_into(model, spec, num_classes, Path(weights))
     return model
@@ -225,10 +326,23 @@ def build_cxr_small(
 
 # ----------------------------------------------------------------- torchvision models
 def _replace_predictor(model: nn.Module, num_classes: int) -> nn.Module:
-    """The seed's transfer-learning step: a new box predictor with ``num_classes`` outputs."""
+    """The seed's transfer-learning step: a new class layer with ``num_classes`` outputs.
 
-    in_features = model.roi_heads.box_predictor.cls_score.in_features
-    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    Faster R-CNN: a new box predictor (``roi_heads.box_predictor``). One-stage models
+    (RetinaNet, FCOS): a new last convolution of the classification head, initialised
+    as torchvision does (weights N(0, 0.01), bias ``-log((1 - p) / p)`` with prior
+    p = 0.01, so that training starts with every anchor scored as background).
+    """
+    if hasattr(model, "roi_heads"):
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+        return model
+    head = model.head.classification_head
+    old = head.cls_logits
+    new = nn.Conv2d(old.in_channels, head.num_anchors * num_classes, 3, padding=1)
+    nn.init.normal_(new.weight, std=0.01)
+    nn.init.constant_(new.bias, -math.log((1 - 0.01) / 0.01))
+    head.cls_logits, head.num_classes = new, num_classes
     return model
 
 
@@ -322,9 +436,7 @@ def _load_file_into(model: nn.Module, spec: ModelSpec, num_classes: int, path: P
     state = state_dict_from_file(path, expected_name=spec.name)
     file_classes = classes_in_state(state, path)
     if file_classes != num_classes:
-        model.roi_heads.box_predictor = FastRCNNPredictor(
-            model.roi_heads.box_predictor.cls_score.in_features, file_classes
-        )
+        model = _replace_predictor(model, file_classes)
     if saved_in_pretrained_layout(spec.name, state):
         model.cxrkit_config = {}  # type: ignore[attr-defined]
         model = to_pretrained_layout(model, spec.name)

@@ -164,6 +164,11 @@ def wbf_predictions(
     per label, and multiplied back. Labels come back exactly (they are small
     integers carried as floats). The result is a torch dict on the first input's
     device, or numpy if the first input is numpy.
+
+    With unequal ``weights`` ensemble-boxes can return a score above 1 (a cluster of
+    several boxes of the heavier model: their weighted mean is rescaled by the
+    cluster's size over the weights' sum); a submission's scores are probabilities,
+    so fused scores are clipped to [0, 1].
     """
     if not predictions:
         raise ConfigError("wbf_predictions needs at least one prediction")
@@ -190,7 +195,7 @@ def wbf_predictions(
     boxes_t = torch.as_tensor(
         np.asarray(fused_boxes, dtype=np.float64).reshape(-1, 4) * scale, dtype=torch.float32
     )
-    scores_t = torch.as_tensor(np.asarray(fused_scores), dtype=torch.float32)
+    scores_t = torch.as_tensor(np.clip(np.asarray(fused_scores), 0.0, 1.0), dtype=torch.float32)
     labels_t = torch.as_tensor(np.rint(np.asarray(fused_labels)).astype(np.int64))
     return _build(first, boxes_t.to(device), scores_t.to(device), labels_t.to(device), was_numpy)
 

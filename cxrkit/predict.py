@@ -14,13 +14,19 @@ run the same steps, in this order:
    A new post-processing step is one more function in this list, and it runs for
    one checkpoint as for many;
 4. **write** the submission (No finding rows, validation, atomic write).
+
+Detectors of different families fuse best with settings tuned out of fold
+(notebook 08): :func:`tune_fusion_from_runs` predicts each run's validation
+images (``split.csv``, or a fold run's ``oof.csv``), chooses the WBF weights, IoU
+and skip threshold there (:func:`cxrkit.ensemble.tune_fusion`) and saves them;
+``predict_ensemble(..., fusion=FILE)`` (``predict --fusion FILE``) uses them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +37,11 @@ from cxrkit._atomic import check_writable
 from cxrkit.annotations import load_meta
 from cxrkit.checkpoints import checkpoint_size, load_checkpoint, require_kind
 from cxrkit.classifier import classifier_from_checkpoint, classify
-from cxrkit.data import TestDataset, check_images_exist
+from cxrkit.data import TestDataset, check_images_exist, join_out_of_fold
 from cxrkit.engine import predict
-from cxrkit.ensemble import fuse_tables
-from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError
-from cxrkit.labels import MODEL_NUM_CLASSES
+from cxrkit.ensemble import FusionChoice, FusionSettings, fuse_tables, tune_fusion
+from cxrkit.errors import CheckpointError, ConfigError, DataNotFoundError, FoldError
+from cxrkit.labels import MODEL_NUM_CLASSES, NO_FINDING_ID
 from cxrkit.models import classes_in_state, model_from_checkpoint
 from cxrkit.postprocess import (
     PREDICT_NMS_IOU,
@@ -43,6 +49,7 @@ from cxrkit.postprocess import (
     check_bands,
     classwise_nms_table,
 )
+from cxrkit.runs import OOF_FILE, read_training_table
 from cxrkit.submission import prediction_strings, write_submission
 from cxrkit.transforms import test_transforms
 from cxrkit.utils import try_gpu
@@ -59,6 +66,8 @@ __all__ = [
     "predict_tables",
     "predict_to_submission",
     "predict_ensemble",
+    "tune_fusion_from_runs",
+    "validation_predictions",
 ]
 
 
@@ -291,9 +300,20 @@ def predict_ensemble(
     weights: Sequence[float] | None = None,
     probs_csv: str | os.PathLike | None = None,
     nms_iou: float = PREDICT_NMS_IOU,
+    fusion: FusionSettings | str | os.PathLike | None = None,
 ) -> Path:
     """Several detectors fused with WBF, class-wise NMS, then the classifiers:
-    :func:`predict_submission` with ``[fuse_step(...), nms_step(...), classifier_step(...)]``."""
+    :func:`predict_submission` with ``[fuse_step(...), nms_step(...), classifier_step(...)]``.
+
+    ``fusion``: settings tuned out of fold (:func:`tune_fusion_from_runs`, or the JSON
+    file it saved); they replace ``weights``, ``iou_thr``, ``skip_box_thr`` and
+    ``nms_iou``, and the checkpoints must be the models it was tuned for, in order.
+    """
+    if fusion is not None:
+        settings = fusion if isinstance(fusion, FusionSettings) else FusionSettings.load(fusion)
+        settings.check_models([_model_name(c) for c in checkpoints])
+        weights, iou_thr, skip_box_thr = settings.weights, settings.iou_thr, settings.skip_box_thr
+        nms_iou = settings.nms_iou
     if weights is not None and len(weights) != len(checkpoints):
         raise ConfigError(
             f"{len(weights)} WBF weights for {len(checkpoints)} checkpoints: give one per model"
@@ -302,3 +322,103 @@ def predict_ensemble(
     if classifiers:
         steps.append(classifier_step(classifiers, low, high, mode, probs_csv))
     return predict_submission(checkpoints, data_dir, out_csv, split, tta, batch_size, steps=steps)
+
+
+# ------------------------------------------------------- fusion tuned out of fold
+def _model_name(checkpoint: str | os.PathLike) -> str:
+    """The model a detector checkpoint holds (``cxr_small``, ``retina_small``...)."""
+    ckpt = check_detector_checkpoint(checkpoint)
+    return str(ckpt.get("model_name") or (ckpt.get("model_config") or {}).get("name"))
+
+
+def _run_validation(run: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """One run's predictions of its validation images (no No finding rows), their ids
+    and the run's config: its ``oof.csv`` when it has one (a fold run), else
+    ``best.pt`` predicting the ``valid`` images of its ``split.csv``."""
+    best = run / "best.pt"
+    ckpt = check_detector_checkpoint(best)
+    config = dict(ckpt.get("config") or {})
+    if "data_dir" not in config:
+        raise CheckpointError(f"{best} does not say which data it trained on (a cxrkit run's does)")
+    oof = run / OOF_FILE
+    if oof.is_file():
+        table = pd.read_csv(oof, dtype={"image_id": str})
+        return table[table["class_id"] != NO_FINDING_ID], list(pd.unique(table["image_id"])), config
+    split = run / "split.csv"
+    if not split.is_file():
+        raise DataNotFoundError(f"{split} not found: is {run} a cxrkit training run?")
+    subsets = pd.read_csv(split, dtype=str)
+    ids = list(subsets.loc[subsets["subset"] == "valid", "image_id"])
+    if not ids:
+        raise FoldError(f"{split} lists no validation image: nothing out of fold to tune on")
+    detector = Detector(best, ckpt, model_from_checkpoint(best, ckpt=ckpt))
+    meta = load_meta(Path(config["data_dir"]) / "train_meta.csv")
+    image_dir = Path(config["data_dir"]) / "train"
+    check_images_exist(image_dir, ids)
+    dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(detector.size))
+    device = try_gpu()
+    table = predict(detector.model.to(device), dataset, device, meta)
+    return table, ids, config
+
+
+def validation_predictions(
+    runs: Sequence[str | os.PathLike],
+) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """A model's out-of-fold predictions: one run's validation images, or the joined
+    ``oof.csv`` of its fold runs (each image exactly once). Returns the table (original
+    pixels), the image ids and the first run's config."""
+    parts = [_run_validation(Path(r)) for r in runs]
+    if len(parts) == 1:
+        return parts[0]
+    table = join_out_of_fold([t for t, _, _ in parts]).drop(columns="fold")
+    ids = [i for _, part_ids, _ in parts for i in part_ids]
+    return table, ids, parts[0][2]
+
+
+def tune_fusion_from_runs(
+    models: Sequence[Sequence[str | os.PathLike]],
+    out: str | os.PathLike | None = None,
+    **grid: Any,
+) -> FusionChoice:
+    """Tune the fusion of several trained detectors on their out-of-fold predictions.
+
+    Args:
+        models: per model, its run folder (one run) or its fold runs. Every model
+            must have validated on the same images with the same annotations (train
+            them with the same ``seed`` and ``valid_fraction``, or the same folds).
+        out: where to save the chosen :class:`FusionSettings` (JSON), if given.
+        grid: passed to :func:`cxrkit.ensemble.tune_fusion` (``iou_grid``...).
+    """
+    if len(models) < 2:
+        raise ConfigError(f"tuning a fusion needs at least 2 models, got {len(models)}")
+    if out is not None:
+        check_writable(out)
+    tables, names, first_ids, first = {}, [], None, None
+    for runs in models:
+        table, ids, config = validation_predictions(runs)
+        label = " ".join(str(r) for r in runs)
+        if first is None:
+            first_ids, first = set(ids), config
+        elif set(ids) != first_ids or config.get("annotations_digest") != first.get(
+            "annotations_digest"
+        ):
+            raise FoldError(
+                f"{label} validated on other images or annotations than {models[0]} "
+                f"({len(set(ids) ^ first_ids)} image(s) differ): train every model with the "
+                "same data, --seed and --valid-fraction (or the same --folds)"
+            )
+        name = str(config.get("model_name"))
+        names.append(name)
+        key = name if name not in tables else f"{name} ({label})"
+        tables[key] = table
+    assert first is not None and first_ids is not None
+    data = Path(first["data_dir"])
+    meta = load_meta(data / "train_meta.csv")
+    ids = sorted(first_ids)
+    truth = read_training_table(first["annotations_csv"], meta)
+    truth = truth[truth["image_id"].astype(str).isin(first_ids)]
+    choice = tune_fusion(tables, truth, meta, ids, **grid)
+    choice.settings = replace(choice.settings, models=tuple(names))
+    if out is not None:
+        choice.settings.save(out)
+    return choice

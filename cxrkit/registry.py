@@ -37,8 +37,9 @@ class ModelSpec:
     Args:
         name: the registry key (``--model NAME``).
         task: ``"detector"`` (boxes) or ``"classifier"`` (one normal/abnormal logit).
-        family: the architecture family, e.g. ``"faster_rcnn"`` (two-stage: proposals,
-            then a box head) or ``"classifier"``; checkpoints say it.
+        family: the architecture family: ``"faster_rcnn"`` (two-stage: proposals, then a
+            box head), ``"retinanet"`` or ``"fcos"`` (one-stage: a dense head scores every
+            cell) or ``"classifier"``; checkpoints say it.
         builder: ``"module:function"`` that builds it, called as
             ``function(spec, num_classes=..., size=..., weights=..., **options)``.
         summary: one line for ``--help`` and the notebooks.
@@ -161,6 +162,38 @@ register_model(
         backbone="cxr_small",
     )
 )
+# The one-stage families on the same backbone: what differs from cxr_small is the head.
+# Their recipe is cxr_small's (measured: benchmarks/bench_families.py).
+_SMALL_RECIPE: dict[str, Any] = {
+    "size": 256,
+    "lr": 0.01,
+    "schedule": "cosine",
+    "warmup_iters": 50,
+    "max_grad_norm": 10.0,
+    "size_from_data": True,
+    "backbone": "cxr_small",
+}
+register_model(
+    ModelSpec(
+        "retina_small",
+        "detector",
+        "retinanet",
+        _SMALL,
+        "a one-stage RetinaNet (focal loss) on cxr_small's backbone, from scratch",
+        fits_anchors=True,
+        **_SMALL_RECIPE,
+    )
+)
+register_model(
+    ModelSpec(
+        "fcos_small",
+        "detector",
+        "fcos",
+        _SMALL,
+        "a one-stage, anchor-free FCOS (centerness) on cxr_small's backbone, from scratch",
+        **_SMALL_RECIPE,
+    )
+)
 register_model(
     ModelSpec(
         "fasterrcnn_resnet50_fpn",
@@ -196,6 +229,37 @@ register_model(
         size=512,
         pretrained="COCO",
         backbone="mobilenet",
+        frozen_bn_eps=1e-5,
+    )
+)
+register_model(
+    ModelSpec(
+        "retinanet_resnet50_fpn_v2",
+        "detector",
+        "retinanet",
+        _TORCHVISION,
+        "RetinaNet v2, ResNet-50 FPN, one-stage with the focal loss (COCO weights)",
+        size=512,
+        lr=0.01,
+        max_grad_norm=10.0,
+        warmup_iters=100,
+        pretrained="COCO",
+        backbone="resnet",
+    )
+)
+register_model(
+    ModelSpec(
+        "fcos_resnet50_fpn",
+        "detector",
+        "fcos",
+        _TORCHVISION,
+        "FCOS, ResNet-50 FPN, one-stage and anchor-free (COCO weights)",
+        size=512,
+        lr=0.01,
+        max_grad_norm=10.0,
+        warmup_iters=100,
+        pretrained="COCO",
+        backbone="resnet",
         frozen_bn_eps=1e-5,
     )
 )
