@@ -257,7 +257,7 @@ def _retina_small_detector(
         "topk_candidates": 300,
         **options,
     }
-    return RetinaNet(
+    return CxrRetinaNet(
         backbone, num_classes, min_size=size, max_size=max_size,
         anchor_generator=anchors, head=head, **settings,
     )  # fmt: skip
@@ -288,10 +288,39 @@ def _fcos_small_detector(
         "topk_candidates": 300,
         **options,
     }
-    return FCOS(
+    return CxrFCOS(
         backbone, num_classes, min_size=size, max_size=max_size,
         anchor_generator=anchors, head=head, **settings,
     )  # fmt: skip
+
+
+class _DropBackground:
+    """torchvision's one-stage heads score every class with its own sigmoid, class 0
+    (the background) included: it never gets a positive target, but an untrained
+    model can still score it above the threshold. Its boxes are dropped here, so a
+    one-stage model returns labels 1-14 only, as Faster R-CNN (softmax) does."""
+
+    def postprocess_detections(self, *args: Any, **kwargs: Any) -> list[dict[str, torch.Tensor]]:
+        detections = super().postprocess_detections(*args, **kwargs)  # type: ignore[misc]
+        return [{k: v[d["labels"] > 0] for k, v in d.items()} for d in detections]
+
+
+class CxrRetinaNet(_DropBackground, RetinaNet):
+    """torchvision's RetinaNet without background boxes (same weights, same state_dict)."""
+
+
+class CxrFCOS(_DropBackground, FCOS):
+    """torchvision's FCOS without background boxes (same weights, same state_dict)."""
+
+
+_ONE_STAGE_CLASSES: dict[type, type] = {RetinaNet: CxrRetinaNet, FCOS: CxrFCOS}
+
+
+def _without_background(model: nn.Module) -> nn.Module:
+    """A torchvision RetinaNet or FCOS as its cxrkit subclass (no new state); others as they are."""
+    if type(model) in _ONE_STAGE_CLASSES:
+        model.__class__ = _ONE_STAGE_CLASSES[type(model)]
+    return model
 
 
 # The small from-scratch detectors, by family: the same backbone, three kinds of head.
@@ -410,6 +439,16 @@ def build_torchvision_detector(
     **options: Any,
 ) -> nn.Module:
     """A torchvision detector resized to ``size`` px: random, COCO (``"DEFAULT"``) or a file."""
+    return _without_background(_torchvision_detector(spec, num_classes, size, weights, options))
+
+
+def _torchvision_detector(
+    spec: ModelSpec,
+    num_classes: int,
+    size: int,
+    weights: str | os.PathLike | None,
+    options: dict[str, Any],
+) -> nn.Module:
     builder = getattr(detection, spec.name)
     options = {"min_size": size, "max_size": size, **options}
     if weights is None:
