@@ -110,6 +110,10 @@ _API: dict[str, str] = {
     "roc_curve": "metrics",
     "calibration_table": "metrics",
     "fuse_tables": "ensemble",
+    "tune_fusion": "ensemble",
+    "FusionSettings": "ensemble",
+    "tune_fusion_from_runs": "predict",
+    "truth_found": "metrics",
     "prediction_strings": "submission",
     "validate_submission": "submission",
     "write_submission": "submission",
@@ -127,6 +131,7 @@ _API: dict[str, str] = {
     "plot_calibration": "plotting",
     "plot_band_histogram": "plotting",
     "plot_map_intervals": "plotting",
+    "plot_class_ap": "plotting",
     "save_figure": "plotting",
 }
 

@@ -474,7 +474,8 @@ def _add_predict_command(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fusion", type=Path, default=None, metavar="FILE",
         help="several checkpoints: the WBF weights, IoU, skip and NMS that tune-fusion chose "
-        "out of fold (its JSON file); the checkpoints go in the order it was tuned for",
+        "out of fold (its JSON file); the checkpoints go in the order it was tuned for "
+        "(default: none, predict's own WBF and NMS settings)",
     )  # fmt: skip
     p.add_argument(
         "--wbf-iou", type=iou_threshold, default=None,

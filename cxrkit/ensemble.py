@@ -55,27 +55,19 @@ def _per_image(
     """Each image's boxes, scores and model labels from each table (no No finding rows):
     the arrays WBF takes, split once (a tuning grid fuses them many times)."""
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)}
-    groups = []
+    split = []
     for table in tables:
         table = table[table["class_id"] != NO_FINDING_ID]
-        boxes = table[BOX_COLUMNS].to_numpy(np.float64)
-        scores = table["score"].to_numpy(np.float64)
-        labels = to_model_labels(table["class_id"].to_numpy(np.int64))
-        rows = table["image_id"].astype(str).groupby(table["image_id"].astype(str)).indices
-        groups.append({k: np.asarray(v) for k, v in rows.items()})
-        groups[-1]["__arrays__"] = (boxes, scores, labels)  # type: ignore[assignment]
-    per_image = []
-    for image_id in image_ids:
-        parts = []
-        for g in groups:
-            rows = g.get(str(image_id))
-            if rows is None:
-                parts.append(empty)
-            else:
-                boxes, scores, labels = g["__arrays__"]  # type: ignore[misc]
-                parts.append({"boxes": boxes[rows], "scores": scores[rows], "labels": labels[rows]})
-        per_image.append(parts)
-    return per_image
+        columns = {
+            "boxes": table[BOX_COLUMNS].to_numpy(np.float64),
+            "scores": table["score"].to_numpy(np.float64),
+            "labels": to_model_labels(table["class_id"].to_numpy(np.int64)),
+        }
+        rows = table.groupby(table["image_id"].astype(str).to_numpy()).indices
+        split.append(
+            {image_id: {k: v[i] for k, v in columns.items()} for image_id, i in rows.items()}
+        )
+    return [[by_image.get(str(i), empty) for by_image in split] for i in image_ids]
 
 
 def _fuse_per_image(
@@ -308,12 +300,11 @@ def tune_fusion(
         n: score(fused_submission_table([t], meta, ids, FusionSettings((1.0,), nms_iou=nms_iou)))
         for n, t in tables.items()
     }
-    rows = []
+    rows, per_image = [], _per_image(parts, ids)  # split once, fused for every grid point
     for w, iou, skip in itertools.product(weights or weight_grid(len(parts)), iou_grid, skip_grid):
         settings = FusionSettings(tuple(w), iou, skip, nms_iou)
-        rows.append(
-            (tuple(w), iou, skip, score(fused_submission_table(parts, meta, ids, settings)))
-        )
+        table = fused_submission_table(parts, meta, ids, settings, per_image)
+        rows.append((tuple(w), iou, skip, score(table)))
     grid = pd.DataFrame(rows, columns=["weights", "iou_thr", "skip_box_thr", "map"])
     best = grid.iloc[int(np.argmax(grid["map"].to_numpy()))]  # first of the ties
     best_single = max(singles, key=lambda k: singles[k])

@@ -384,6 +384,33 @@ def confusion_at_iou(
     return table
 
 
+def truth_found(
+    predictions: pd.DataFrame, truth: pd.DataFrame, iou_thr: float = 0.4, min_score: float = 0.0
+) -> pd.DataFrame:
+    """Which truth findings a predictions table finds: a box of the same class on the
+    same image with IoU >= ``iou_thr`` and score >= ``min_score``.
+
+    Returns the truth's finding rows (:func:`prepare_truth`, No finding left out) with a
+    boolean ``found`` column. Unlike AP it ignores ranking and false positives: it
+    says *which* findings a model sees, so two models' columns side by side show
+    whether their misses differ (notebook 08).
+    """
+    rows = prepare_truth(truth)
+    rows = rows[rows["class_id"] != NO_FINDING_ID].reset_index(drop=True)
+    preds = _check_predictions(predictions)
+    preds = preds[preds["score"] >= min_score]
+    grouped = preds.groupby(["image_id", "class_id"])[BOX_COLUMNS]
+    boxes = {key: part.to_numpy(np.float64) for key, part in grouped}
+    found = np.zeros(len(rows), dtype=bool)
+    for i, (image_id, class_id, *box) in enumerate(
+        rows[["image_id", "class_id", *BOX_COLUMNS]].itertuples(index=False)
+    ):
+        candidates = boxes.get((image_id, int(class_id)))
+        if candidates is not None:
+            found[i] = bool((iou_matrix(np.asarray(box), candidates) >= iou_thr).any())
+    return rows.assign(found=found)
+
+
 def bootstrap_map(
     tables: dict[str, pd.DataFrame],
     truth: pd.DataFrame,

@@ -145,6 +145,22 @@ class CxrSmallBackbone(nn.Module):
         return self.fpn(OrderedDict([("0", c3), ("1", c4), ("2", c5)]))
 
 
+def _small_backbone_and_anchors(
+    name: str, size: int, anchor_spec: AnchorSpec | None, options: dict[str, Any]
+) -> tuple[int, CxrSmallBackbone, AnchorGenerator]:
+    """What the small anchor-based detectors share: their ``max_size`` (popped from
+    ``options``), a :class:`CxrSmallBackbone` and the anchors (stock or fitted) at ``size``."""
+    max_size = int(options.pop("max_size", None) or size)
+    backbone = CxrSmallBackbone(fpn_channels=int(options.pop("fpn_channels", 64)))
+    spec = stock_anchors(size) if anchor_spec is None else anchor_spec.scaled(size)
+    if len(spec.sizes) != CXR_SMALL_LEVELS:
+        raise ConfigError(
+            f"{name} has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors give "
+            f"sizes for {len(spec.sizes)}"
+        )
+    return max_size, backbone, AnchorGenerator(spec.pixel_sizes(), spec.aspect_ratios)
+
+
 def _cxr_small_detector(
     num_classes: int, size: int, anchor_spec: AnchorSpec | None, options: dict[str, Any]
 ) -> nn.Module:
@@ -170,15 +186,9 @@ def _cxr_small_detector(
       0.7 IoU the RPN wants for a positive anchor.
     """
     options = dict(options)
-    max_size = int(options.pop("max_size", None) or size)
-    backbone = CxrSmallBackbone(fpn_channels=int(options.pop("fpn_channels", 64)))
-    spec = stock_anchors(size) if anchor_spec is None else anchor_spec.scaled(size)
-    if len(spec.sizes) != CXR_SMALL_LEVELS:
-        raise ConfigError(
-            f"cxr_small has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors give "
-            f"sizes for {len(spec.sizes)}"
-        )
-    anchors = AnchorGenerator(spec.pixel_sizes(), spec.aspect_ratios)
+    max_size, backbone, anchors = _small_backbone_and_anchors(
+        "cxr_small", size, anchor_spec, options
+    )
     # torchvision's pooling, computed as matrix products on a CPU (cxrkit.roi_align)
     roi_pool = CpuMultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = int(options.pop("representation_size", 256))
@@ -216,6 +226,17 @@ _GRAY_NORMALISATION: dict[str, Any] = {
 }
 
 
+# The small one-stage models' inference settings: a low score threshold (the metric
+# ranks every box; torchvision's default is 0.05 for RetinaNet, 0.2 for FCOS) and
+# fewer candidates than COCO's (at most a few findings an image).
+_ONE_STAGE_SMALL: dict[str, Any] = {
+    **_GRAY_NORMALISATION,
+    "score_thresh": 0.01,
+    "detections_per_img": 100,
+    "topk_candidates": 300,
+}
+
+
 def _head_norm(channels: int) -> nn.GroupNorm:
     """The dense heads' normalisation: GroupNorm, as torchvision's ``_v2`` and FCOS heads
     use, with up to 8 groups for the small heads' 64 channels."""
@@ -234,15 +255,9 @@ def _retina_small_detector(
     the two families see the same candidate shapes and differ in how they score them.
     """
     options = dict(options)
-    max_size = int(options.pop("max_size", None) or size)
-    backbone = CxrSmallBackbone(fpn_channels=int(options.pop("fpn_channels", 64)))
-    spec = stock_anchors(size) if anchor_spec is None else anchor_spec.scaled(size)
-    if len(spec.sizes) != CXR_SMALL_LEVELS:
-        raise ConfigError(
-            f"retina_small has {CXR_SMALL_LEVELS} feature levels (strides 8-64); the anchors "
-            f"give sizes for {len(spec.sizes)}"
-        )
-    anchors = AnchorGenerator(spec.pixel_sizes(), spec.aspect_ratios)
+    max_size, backbone, anchors = _small_backbone_and_anchors(
+        "retina_small", size, anchor_spec, options
+    )
     head = RetinaNetHead(
         backbone.out_channels,
         anchors.num_anchors_per_location()[0],
@@ -250,16 +265,9 @@ def _retina_small_detector(
         norm_layer=_head_norm,
     )
     head.regression_head._loss_type = "giou"  # as retinanet_resnet50_fpn_v2
-    settings: dict[str, Any] = {
-        **_GRAY_NORMALISATION,
-        "score_thresh": 0.01,  # low: the metric ranks every box (torchvision: 0.05)
-        "detections_per_img": 100,
-        "topk_candidates": 300,
-        **options,
-    }
     return CxrRetinaNet(
         backbone, num_classes, min_size=size, max_size=max_size,
-        anchor_generator=anchors, head=head, **settings,
+        anchor_generator=anchors, head=head, **{**_ONE_STAGE_SMALL, **options},
     )  # fmt: skip
 
 
@@ -281,16 +289,9 @@ def _fcos_small_detector(
     # one "anchor" per cell, the size of its stride: FCOS uses only its centre and level
     anchors = AnchorGenerator(tuple((s,) for s in CXR_SMALL_STRIDES), ((1.0,),) * CXR_SMALL_LEVELS)
     head = FCOSHead(backbone.out_channels, 1, num_classes)  # GroupNorm(32) inside
-    settings: dict[str, Any] = {
-        **_GRAY_NORMALISATION,
-        "score_thresh": 0.01,
-        "detections_per_img": 100,
-        "topk_candidates": 300,
-        **options,
-    }
     return CxrFCOS(
         backbone, num_classes, min_size=size, max_size=max_size,
-        anchor_generator=anchors, head=head, **settings,
+        anchor_generator=anchors, head=head, **{**_ONE_STAGE_SMALL, **options},
     )  # fmt: skip
 
 

@@ -677,3 +677,27 @@ def plot_map_intervals(
     ax.set(xlabel=f"mAP@0.4 ({level:.0%} bootstrap interval)", title="test mAP@0.4 by setting")
     ax.grid(axis="x", alpha=0.3)
     return ax
+
+
+def plot_class_ap(
+    results: Mapping[str, Any], ax: Axes | None = None, title: str = "AP@0.4 per class"
+) -> Axes:
+    """Grouped horizontal bars: the AP of each class (those with truth) for each predictor.
+
+    ``results``: name -> :class:`cxrkit.metrics.MapResult` (or a mapping class id -> AP).
+    Where one bar is long and the other short, the two predictors make different
+    errors: what a fusion of them can use (notebook 08).
+    """
+    aps = {name: dict(getattr(r, "ap", r)) for name, r in results.items()}
+    classes = sorted({c for ap in aps.values() for c in ap})
+    ax = _new_axes(ax, figsize=(8, 0.45 * len(classes) * max(1, len(aps) / 2) + 1.5))
+    height = 0.8 / max(len(aps), 1)
+    y = np.arange(len(classes))[::-1]
+    for k, (name, ap) in enumerate(aps.items()):
+        values = [ap.get(c, np.nan) for c in classes]
+        ax.barh(y + (len(aps) / 2 - k - 0.5) * height, values, height, label=name)
+    ax.set_yticks(y, [CLASS_NAMES[c] for c in classes])
+    ax.set(xlim=(0, 1), xlabel="AP at IoU 0.4", title=title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return ax

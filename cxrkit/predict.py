@@ -351,9 +351,15 @@ def _run_validation(run: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]
     ids = list(subsets.loc[subsets["subset"] == "valid", "image_id"])
     if not ids:
         raise FoldError(f"{split} lists no validation image: nothing out of fold to tune on")
+    data = Path(config["data_dir"])
+    if not (data / "train_meta.csv").is_file():
+        raise DataNotFoundError(
+            f"{run} trained on {data}, which holds no train_meta.csv any more: its validation "
+            "images are needed to tune out of fold (preprocess them there again)"
+        )
     detector = Detector(best, ckpt, model_from_checkpoint(best, ckpt=ckpt))
-    meta = load_meta(Path(config["data_dir"]) / "train_meta.csv")
-    image_dir = Path(config["data_dir"]) / "train"
+    meta = load_meta(data / "train_meta.csv")
+    image_dir = data / "train"
     check_images_exist(image_dir, ids)
     dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(detector.size))
     device = try_gpu()

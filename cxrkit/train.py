@@ -348,7 +348,10 @@ def train_from_folder(
             scheduler = make_scheduler(
                 optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma
             )
-            run = {"data_dir": str(data), "annotations_csv": str(Path(annotations_csv))}
+            run = {
+                "data_dir": str(data.resolve()),
+                "annotations_csv": str(Path(annotations_csv).resolve()),
+            }
             elapsed = (time.monotonic() - t_start) / 60
             budget = None if minutes is None else max(0.0, minutes - elapsed)
             config = {**settings, **run, "world_size": info.world_size}  # saved whole

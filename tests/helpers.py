@@ -239,3 +239,20 @@ def one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"cxrkit {command}: error: "), err
     return err
+
+
+def crash_in_epoch(monkeypatch, epoch: int):
+    """Make :func:`cxrkit.fit.train_one_epoch` raise ``RuntimeError("simulated crash")``
+    when it starts epoch ``epoch`` (a process killed mid-run); returns the real function,
+    for the test to put back before it resumes."""
+    import cxrkit.fit
+
+    real_epoch = cxrkit.fit.train_one_epoch
+
+    def crash(*args, **kwargs):
+        if args[4] == epoch:
+            raise RuntimeError("simulated crash")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cxrkit.fit, "train_one_epoch", crash)
+    return real_epoch

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import loaders, run_main, small_model
+from helpers import crash_in_epoch, loaders, run_main, small_model
 
 import cxrkit.budget
 import cxrkit.fit
@@ -117,14 +117,7 @@ def test_a_budgeted_run_resumed_after_a_crash_ends_as_the_uninterrupted_one(
     planned = straight.epochs_done
     assert planned == load_checkpoint(straight.last)["config"]["epochs"] >= 2
 
-    real_epoch = cxrkit.fit.train_one_epoch
-
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[4] == 2:
-            raise RuntimeError("simulated crash")
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(cxrkit.fit, "train_one_epoch", crash_in_epoch_2)
+    real_epoch = crash_in_epoch(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_from_folder(preprocessed, csv, tmp_path / "b", **settings)
     monkeypatch.setattr(cxrkit.fit, "train_one_epoch", real_epoch)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from ensemble_boxes import weighted_boxes_fusion
-from helpers import one_line_error, run_main
+from helpers import crash_in_epoch, one_line_error, run_main
 
 import cxrkit.fit
 from cxrkit.annotations import load_meta
@@ -27,13 +27,25 @@ from cxrkit.errors import ConfigError, FoldError
 from cxrkit.formats import BOX_COLUMNS
 from cxrkit.labels import NO_FINDING_ID
 from cxrkit.models import build_model, model_from_checkpoint, to_pretrained_layout
-from cxrkit.predict import predict_ensemble, predict_split, tune_fusion_from_runs
+from cxrkit.predict import (
+    load_detectors,
+    predict_ensemble,
+    predict_split,
+    tune_fusion_from_runs,
+)
 from cxrkit.registry import get_spec, model_names
 from cxrkit.submission import parse_submission
 from cxrkit.train import train_from_folder
 
 SMALL = ("cxr_small", "retina_small", "fcos_small")
-SETTINGS = {"size": 128, "epochs": 2, "batch_size": 4, "seed": 7, "repeat_threshold": None}
+SETTINGS = {
+    "size": 128,
+    "epochs": 2,
+    "batch_size": 4,
+    "seed": 7,
+    "repeat_threshold": None,
+    "warmup_iters": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +97,22 @@ def test_each_family_predicts_the_same_submission_through_the_library_and_the_cl
         assert len(table[table["class_id"] != NO_FINDING_ID]) > 0
 
 
+def _every_box(checkpoint):
+    """The checkpoint's detector with no score threshold: a model trained for 8 steps
+    scores low, and the TTA test needs boxes to flip."""
+    detector = load_detectors([checkpoint])[0]
+    if hasattr(detector.model, "roi_heads"):
+        detector.model.roi_heads.score_thresh = 0.0
+    else:
+        detector.model.score_thresh = 0.0
+    return detector
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_each_family_takes_flip_tta_with_boxes_inside_the_images(runs, preprocessed, name):
-    plain, ids, meta = predict_split(runs[name] / "best.pt", preprocessed)
-    flipped, _, _ = predict_split(runs[name] / "best.pt", preprocessed, tta=True)
+    detector = _every_box(runs[name] / "best.pt")
+    plain, ids, meta = predict_split(detector, preprocessed)
+    flipped, _, _ = predict_split(detector, preprocessed, tta=True)
     assert len(flipped) > 0 and set(flipped["image_id"]) <= set(ids)
     width = flipped["image_id"].map(meta.set_index("image_id")["dim1"])
     assert (flipped["x_min"] >= 0).all() and (flipped["x_max"] <= width + 1e-3).all()
@@ -102,14 +126,7 @@ def test_a_one_stage_run_resumed_after_a_crash_ends_as_the_uninterrupted_one(
     csv = sample_data / "train.csv"
     settings = {**SETTINGS, "size": 64, "epochs": 2, "model_name": name}
     straight = train_from_folder(preprocessed, csv, tmp_path / "a", **settings)
-    real_epoch = cxrkit.fit.train_one_epoch
-
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[4] == 2:
-            raise RuntimeError("simulated crash")
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(cxrkit.fit, "train_one_epoch", crash_in_epoch_2)
+    real_epoch = crash_in_epoch(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_from_folder(preprocessed, csv, tmp_path / "b", **settings)
     monkeypatch.setattr(cxrkit.fit, "train_one_epoch", real_epoch)
@@ -268,13 +285,66 @@ def test_tune_fusion_refuses_runs_that_validated_on_other_images(
 
 @pytest.mark.parametrize("name", ("retina_small", "fcos_small", "retinanet_resnet50_fpn_v2"))
 def test_a_one_stage_model_never_returns_the_background_label(name):
-    """Its sigmoid scores class 0 too; an untrained head would put it above the threshold."""
+    """Its sigmoid scores class 0 too; an untrained head can put it above the threshold."""
     torch.manual_seed(0)
     model = build_model(name, size=128).eval()
     head = model.head.classification_head
-    with torch.no_grad():  # make the background column win everywhere
+    with torch.no_grad():  # background and Cardiomegaly (model label 4) score high everywhere
         bias = head.cls_logits.bias.view(head.num_anchors, head.num_classes)
-        bias[:, 0] = 10.0
+        bias[:, 0] = bias[:, 4] = 10.0
+    image = [torch.rand(3, 128, 128)]
     with torch.inference_mode():
-        out = model([torch.rand(3, 128, 128)])[0]
-    assert out["labels"].numel() > 0 and int(out["labels"].min()) >= 1
+        ours = model(image)[0]
+        model.__class__ = model.__class__.__mro__[2]  # torchvision's own RetinaNet / FCOS
+        theirs = model(image)[0]
+    assert 0 in theirs["labels"].tolist()  # what torchvision returns
+    assert set(ours["labels"].tolist()) == {4}
+
+
+def test_fused_scores_stay_probabilities_where_ensemble_boxes_exceeds_one():
+    """Two overlapping boxes of the heavier model form one cluster: ensemble-boxes scores
+    it (0.9 * 3 + 0.9 * 3) / 2 * 2 / 4 = 1.35; a submission needs a probability."""
+    from cxrkit.postprocess import wbf_predictions
+
+    boxes = [np.array([[0.1, 0.1, 0.3, 0.3], [0.11, 0.1, 0.31, 0.3]]), np.zeros((0, 4))]
+    scores, labels = [np.array([0.9, 0.9]), np.zeros(0)], [np.array([2, 2]), np.zeros(0)]
+    _, raw, _ = weighted_boxes_fusion(boxes, scores, labels, weights=[3, 1], iou_thr=0.5)
+    assert raw.max() > 1.0  # what the library gets wrong
+    parts = [
+        {"boxes": b * 100, "scores": s, "labels": lab}
+        for b, s, lab in zip(boxes, scores, labels, strict=True)
+    ]
+    fused = wbf_predictions(parts, (100, 100), iou_thr=0.5, weights=[3, 1])
+    assert float(fused["scores"].max()) == 1.0
+
+
+def test_truth_found_marks_the_findings_a_table_reaches():
+    from cxrkit.metrics import truth_found
+
+    truth = pd.DataFrame(
+        [("a", 3, "r1", 10, 10, 50, 50), ("a", 5, "r1", 100, 100, 150, 150),
+         ("b", 14, "r1", 0, 0, 1, 1)],
+        columns=["image_id", "class_id", "rad_id", *BOX_COLUMNS],
+    )  # fmt: skip
+    preds = pd.DataFrame(
+        [("a", 3, 0.9, 12, 12, 52, 52), ("a", 5, 0.1, 100, 100, 150, 150),
+         ("a", 4, 0.9, 100, 100, 150, 150)],
+        columns=["image_id", "class_id", "score", *BOX_COLUMNS],
+    )  # fmt: skip
+    found = truth_found(preds, truth, min_score=0.2)
+    assert found["class_id"].tolist() == [3, 5]  # No finding is not a finding
+    assert found["found"].tolist() == [True, False]  # 5: right box, score too low
+    assert truth_found(preds, truth)["found"].tolist() == [True, True]
+
+
+def test_plot_class_ap_draws_a_bar_per_class_and_predictor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cxrkit.plotting import plot_class_ap
+
+    ax = plot_class_ap({"a": {0: 0.5, 3: 1.0}, "b": {0: 0.25, 3: 0.0, 5: 0.75}})
+    assert len(ax.patches) == 2 * 3
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["Aortic enlargement", "Cardiomegaly", "ILD"]  # class order, top down
+    assert ax.get_yticks()[0] > ax.get_yticks()[-1]

@@ -11,6 +11,7 @@ import torch
 
 from cxrkit.checkpoints import (
     CheckpointError,
+    classes_in_state,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -24,6 +25,7 @@ from cxrkit.models import (
     model_from_checkpoint,
     to_pretrained_layout,
 )
+from cxrkit.registry import get_spec
 
 torch.set_num_threads(1)
 
@@ -46,9 +48,13 @@ def _batch(n: int = 2, size: int = 128):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_builds_offline_with_15_outputs(name):
     model = build_model(name, num_classes=15, weights=None)
-    assert model.roi_heads.box_predictor.cls_score.out_features == 15
-    assert model.roi_heads.box_predictor.bbox_pred.out_features == 15 * 4
+    assert classes_in_state(model.state_dict(), name) == 15
+    if hasattr(model, "roi_heads"):  # two-stage: a box per class
+        assert model.roi_heads.box_predictor.bbox_pred.out_features == 15 * 4
+    else:  # one-stage: one class-agnostic box per anchor
+        assert model.head.classification_head.num_classes == 15
     assert model.cxrkit_config["name"] == name
+    assert model.cxrkit_config["family"] == get_spec(name).family
 
 
 def test_cxr_small_is_small_and_trains_on_empty_and_nonempty_targets():
