@@ -698,6 +698,6 @@ def plot_class_ap(
         ax.barh(y + (len(aps) / 2 - k - 0.5) * height, values, height, label=name)
     ax.set_yticks(y, [CLASS_NAMES[c] for c in classes])
     ax.set(xlim=(0, 1), xlabel="AP at IoU 0.4", title=title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     ax.grid(axis="x", alpha=0.3)
     return ax

@@ -177,9 +177,13 @@ def wbf_predictions(
     boxes_list, scores_list, labels_list = [], [], []
     for p in predictions:
         boxes, scores, labels, _ = _as_tensors(p)
-        boxes_list.append(np.clip(boxes.detach().cpu().numpy().astype(np.float64) / scale, 0, 1))
-        scores_list.append(scores.detach().cpu().numpy().astype(np.float64))
-        labels_list.append(labels.detach().cpu().numpy())
+        unit = np.clip(boxes.detach().cpu().numpy().astype(np.float64) / scale, 0, 1)
+        # ensemble-boxes skips a zero-area box with one warning per box (thousands in a
+        # tuning grid): drop them here, with the same result and no flood
+        area = (unit[:, 2] > unit[:, 0]) & (unit[:, 3] > unit[:, 1])
+        boxes_list.append(unit[area])
+        scores_list.append(scores.detach().cpu().numpy().astype(np.float64)[area])
+        labels_list.append(labels.detach().cpu().numpy()[area])
     fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(
         boxes_list,
         scores_list,

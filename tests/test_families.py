@@ -348,3 +348,26 @@ def test_plot_class_ap_draws_a_bar_per_class_and_predictor():
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["Aortic enlargement", "Cardiomegaly", "ILD"]  # class order, top down
     assert ax.get_yticks()[0] > ax.get_yticks()[-1]
+
+
+def test_tune_fusion_takes_each_models_fold_runs_joined_by_commas(
+    sample_data, preprocessed, tmp_path
+):
+    """K fold runs per model: their oof.csv cover every training image once."""
+    folds = {}
+    for name in ("cxr_small", "fcos_small"):
+        folds[name] = [
+            train_from_folder(
+                preprocessed, sample_data / "train.csv", tmp_path / f"{name}-{k}",
+                model_name=name, folds=2, fold=k, **{**SETTINGS, "size": 64, "epochs": 1},
+            ).out_dir
+            for k in range(2)
+        ]  # fmt: skip
+    fusion = tmp_path / "fusion.json"
+    groups = [",".join(map(str, runs)) for runs in folds.values()]
+    proc = run_main("tune-fusion", *groups, "--out", fusion, "--n-boot", "10")
+    assert proc.returncode == 0, proc.stderr
+    settings = FusionSettings.load(fusion)
+    train_ids = pd.read_csv(sample_data / "train.csv")["image_id"].nunique()
+    assert settings.images == train_ids  # every training image, out of fold
+    assert settings.models == ("cxr_small", "fcos_small")
