@@ -253,8 +253,9 @@ class TrainConfig:
 
     @classmethod
     def from_profile(cls, profile: Any, **overrides: Any) -> TrainConfig:
-        """The settings of ``profile`` (:mod:`cxrkit.profiles`), changed by ``overrides``."""
-        return cls(**{**profile.settings(), **overrides})
+        """The settings of ``profile`` (:mod:`cxrkit.profiles`), changed by ``overrides``;
+        another ``model_name`` gets its own weights, not the profile model's file."""
+        return cls(**{**profile.settings(overrides.get("model_name")), **overrides})
 
     def resolved(self) -> TrainConfig:
         """This config with every per-model default in place (:func:`resolve`, silent)."""

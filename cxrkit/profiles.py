@@ -63,9 +63,23 @@ class Profile:
     notes: tuple[str, ...] = ()
     num_workers: int = 0
 
-    def settings(self) -> dict[str, Any]:
-        """The TrainConfig fields this profile sets (:data:`PROFILE_FIELDS`)."""
-        return {name: getattr(self, name) for name in PROFILE_FIELDS}
+    def settings(self, model_name: str | None = None) -> dict[str, Any]:
+        """The TrainConfig fields this profile sets (:data:`PROFILE_FIELDS`).
+
+        ``model_name``: another model than the profile's (``--profile gpu --model
+        fcos_resnet50_fpn``): the profile's weights file is its own model's, so the new
+        model's published weights are looked up the same way (:func:`find_coco_weights`;
+        none for a model without them, e.g. ``fcos_small``), and the line says which.
+        """
+        values = {name: getattr(self, name) for name in PROFILE_FIELDS}
+        if model_name is None or model_name == self.model_name:
+            return values
+        values["model_name"] = model_name
+        if self.weights is not None:  # the profile asked for pretrained weights
+            weights, source = find_coco_weights(model_name)
+            values["weights"] = weights
+            print(f"{model_name} instead of the profile's {self.model_name}: {source}")
+        return values
 
     def summary(self) -> str:
         """What is printed when a profile is chosen: name, reason, settings, notes."""
@@ -140,12 +154,15 @@ def _local_weights_candidates(filename: str) -> list[Path]:
 
 
 def find_coco_weights(model_name: str = GPU_MODEL) -> tuple[str | None, str]:
-    """COCO weights for ``model_name`` and where they come from.
+    """COCO weights for ``model_name`` and where they come from (None, with the reason,
+    for a model that has no published weights).
 
     In order: the file named by ``CXRKIT_WEIGHTS``; torchvision's file in torch's
     cache or in a Kaggle dataset (``/kaggle/input/*/``); ``"DEFAULT"`` (a download)
     when online; else ``None`` with a message that the model trains from scratch.
     """
+    if not get_spec(model_name).pretrained:
+        return None, f"{model_name} has no published weights: it trains from scratch"
     notes = []
     env = os.environ.get(WEIGHTS_ENV)
     if env:

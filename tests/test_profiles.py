@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -211,3 +212,25 @@ def test_coco_weights_are_found_where_kaggle_mounts_models(monkeypatch, tmp_path
     too_deep.write_bytes(b"")
     monkeypatch.setattr(profiles, "KAGGLE_INPUT", tmp_path)
     assert profiles._kaggle_files(name) == [deep]
+
+
+def test_another_model_than_the_profiles_gets_its_own_weights(monkeypatch, capsys):
+    """--profile gpu --model fcos_resnet50_fpn must not load the Faster R-CNN's COCO file."""
+    import cxrkit.profiles
+    from cxrkit.profiles import Profile
+
+    profile = Profile("gpu", "test", "fasterrcnn_resnet50_fpn", 512, 10, 8, "frcnn_coco.pth", True)
+    monkeypatch.setattr(
+        cxrkit.profiles, "_local_weights_candidates", lambda filename: [Path("/nowhere") / filename]
+    )
+    monkeypatch.setattr(cxrkit.profiles, "_online", lambda *a, **k: True)
+    monkeypatch.delenv("CXRKIT_WEIGHTS", raising=False)
+    fcos = TrainConfig.from_profile(profile, model_name="fcos_resnet50_fpn")
+    assert fcos.model_name == "fcos_resnet50_fpn" and fcos.weights == "DEFAULT"
+    assert "instead of the profile's fasterrcnn_resnet50_fpn" in capsys.readouterr().out
+    small = TrainConfig.from_profile(profile, model_name="fcos_small")
+    assert small.weights is None  # no published weights: from scratch
+    same = TrainConfig.from_profile(profile, batch_size=2)
+    assert same.weights == "frcnn_coco.pth"  # the profile's own model keeps its file
+    explicit = TrainConfig.from_profile(profile, model_name="fcos_small", weights="mine.pt")
+    assert explicit.weights == "mine.pt"  # a typed --weights wins
