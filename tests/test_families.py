@@ -371,3 +371,20 @@ def test_tune_fusion_takes_each_models_fold_runs_joined_by_commas(
     train_ids = pd.read_csv(sample_data / "train.csv")["image_id"].nunique()
     assert settings.images == train_ids  # every training image, out of fold
     assert settings.models == ("cxr_small", "fcos_small")
+
+
+@pytest.mark.parametrize("name", ("retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn"))
+def test_a_full_size_one_stage_model_takes_a_training_step(name):
+    """The GPU models train like the others (here one step at 128 px on a CPU)."""
+    torch.manual_seed(0)
+    model = build_model(name, size=128).train()
+    target = {"boxes": torch.tensor([[20.0, 30.0, 70.0, 90.0]]), "labels": torch.tensor([3])}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    key = "head.classification_head.cls_logits.weight"
+    before = model.state_dict()[key].clone()
+    losses = model([torch.rand(3, 128, 128)], [target])
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.state_dict()[key], before)
