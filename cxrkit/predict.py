@@ -101,12 +101,21 @@ def check_detector_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_detectors(checkpoints: Sequence[str | os.PathLike]) -> list[Detector]:
-    """Read and check every detector checkpoint (each file once), then rebuild the models."""
+def load_detectors(checkpoints: Sequence[str | os.PathLike | Detector]) -> list[Detector]:
+    """Read and check every detector checkpoint (each file once), then rebuild the models;
+    a :class:`Detector` already loaded passes as it is."""
     if not checkpoints:
         raise ConfigError("predict needs at least one detector checkpoint")
-    read = [(Path(c), check_detector_checkpoint(c)) for c in checkpoints]  # all checked first
-    return [Detector(path, ckpt, model_from_checkpoint(path, ckpt=ckpt)) for path, ckpt in read]
+    read = [
+        c if isinstance(c, Detector) else (Path(c), check_detector_checkpoint(c))
+        for c in checkpoints
+    ]  # all checked before any model is built
+    return [
+        r
+        if isinstance(r, Detector)
+        else Detector(r[0], r[1], model_from_checkpoint(r[0], ckpt=r[1]))
+        for r in read
+    ]
 
 
 # -------------------------------------------------------------------- predict
@@ -234,7 +243,7 @@ def predict_tables(
 
 
 def predict_submission(
-    checkpoints: Sequence[str | os.PathLike],
+    checkpoints: Sequence[str | os.PathLike | Detector],
     data_dir: str | os.PathLike,
     out_csv: str | os.PathLike,
     split: str = "test",
@@ -309,9 +318,12 @@ def predict_ensemble(
     file it saved); they replace ``weights``, ``iou_thr``, ``skip_box_thr`` and
     ``nms_iou``, and the checkpoints must be the models it was tuned for, in order.
     """
+    detectors: Sequence[str | os.PathLike | Detector] = checkpoints
     if fusion is not None:
         settings = fusion if isinstance(fusion, FusionSettings) else FusionSettings.load(fusion)
-        settings.check_models([_model_name(c) for c in checkpoints])
+        check_writable(out_csv)  # before any checkpoint is read
+        detectors = load_detectors(checkpoints)  # each file once: its name, then its model
+        settings.check_models([str(d.ckpt.get("model_name")) for d in detectors])
         weights, iou_thr, skip_box_thr = settings.weights, settings.iou_thr, settings.skip_box_thr
         nms_iou = settings.nms_iou
     if weights is not None and len(weights) != len(checkpoints):
@@ -321,16 +333,10 @@ def predict_ensemble(
     steps = [fuse_step(iou_thr, skip_box_thr, weights), nms_step(nms_iou)]
     if classifiers:
         steps.append(classifier_step(classifiers, low, high, mode, probs_csv))
-    return predict_submission(checkpoints, data_dir, out_csv, split, tta, batch_size, steps=steps)
+    return predict_submission(detectors, data_dir, out_csv, split, tta, batch_size, steps=steps)
 
 
 # ------------------------------------------------------- fusion tuned out of fold
-def _model_name(checkpoint: str | os.PathLike) -> str:
-    """The model a detector checkpoint holds (``cxr_small``, ``retina_small``...)."""
-    ckpt = check_detector_checkpoint(checkpoint)
-    return str(ckpt.get("model_name") or (ckpt.get("model_config") or {}).get("name"))
-
-
 def _run_validation(run: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """One run's predictions of its validation images (no No finding rows), their ids
     and the run's config: its ``oof.csv`` when it has one (a fold run), else
