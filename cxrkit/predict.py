@@ -51,6 +51,7 @@ from cxrkit.postprocess import (
 )
 from cxrkit.runs import OOF_FILE, read_training_table
 from cxrkit.submission import prediction_strings, write_submission
+from cxrkit.train import predict_images
 from cxrkit.transforms import test_transforms
 from cxrkit.utils import try_gpu
 
@@ -363,13 +364,9 @@ def _run_validation(run: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]
             f"{run} trained on {data}, which holds no train_meta.csv any more: its validation "
             "images are needed to tune out of fold (preprocess them there again)"
         )
-    detector = Detector(best, ckpt, model_from_checkpoint(best, ckpt=ckpt))
+    check_images_exist(data / "train", ids)
     meta = load_meta(data / "train_meta.csv")
-    image_dir = data / "train"
-    check_images_exist(image_dir, ids)
-    dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(detector.size))
-    device = try_gpu()
-    table = predict(detector.model.to(device), dataset, device, meta)
+    table = predict_images(best, data / "train", meta, ids, try_gpu(), ckpt=ckpt)
     return table, ids, config
 
 

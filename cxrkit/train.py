@@ -69,6 +69,26 @@ from cxrkit.transforms import test_transforms, train_transforms, valid_transform
 from cxrkit.utils import seed_everything, try_gpu
 
 
+def predict_images(
+    checkpoint: str | os.PathLike,
+    image_dir: Path,
+    meta: pd.DataFrame,
+    image_ids: Sequence[str],
+    device: torch.device | None = None,
+    batch_size: int = 4,
+    ckpt: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """A detector checkpoint's predictions table (original pixels, no No finding rows)
+    of ``image_ids`` in ``image_dir``, at the side it was trained at: a run's validation
+    images (:func:`write_out_of_fold`, ``tune-fusion``). ``ckpt``: the file, if read."""
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+    device = device or torch.device("cpu")
+    model = model_from_checkpoint(checkpoint, ckpt=ckpt).to(device)
+    ids = [str(i) for i in image_ids]
+    dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(checkpoint_size(ckpt)))
+    return predict(model, dataset, device, meta, batch_size=batch_size)
+
+
 def write_out_of_fold(
     checkpoint: str | os.PathLike,
     image_dir: Path,
@@ -84,11 +104,8 @@ def write_out_of_fold(
 
     :func:`cxrkit.data.join_out_of_fold` joins the tables of the K fold runs.
     """
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint, ckpt=ckpt).to(device or torch.device("cpu"))
     ids = [str(i) for i in valid_ids]
-    dataset = TestDataset(image_dir, ids=ids, transforms=test_transforms(checkpoint_size(ckpt)))
-    preds = predict(model, dataset, device or torch.device("cpu"), meta, batch_size=batch_size)
+    preds = predict_images(checkpoint, image_dir, meta, ids, device, batch_size=batch_size)
     table = add_no_finding(preds, ids)
     write_out_of_fold_table(table, out_csv, ids)
     return table
