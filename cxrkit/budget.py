@@ -31,7 +31,7 @@ from cxrkit.distributed import broadcast_int
 from cxrkit.engine import LossFn, detector_losses, time_predicting_batches, time_training_steps
 
 PLAN_SHARE = 0.95  # plan within this share of the time left: measurements are noisy
-PROBE_STEPS = 6  # training steps timed (after one untimed step)
+PROBE_STEPS = 6  # training steps timed (after one untimed step; a short loader is re-read)
 PROBE_VALID_BATCHES = 2  # validation batches timed (after one untimed batch)
 
 
@@ -94,15 +94,12 @@ def measure_epoch(
     probe = copy.deepcopy(model).to(device)
     steps = len(train_loader) if hasattr(train_loader, "__len__") else PROBE_STEPS + 1
     step_s, _ = time_training_steps(
-        probe, train_loader, device, min(PROBE_STEPS, max(1, steps - 1)),
-        batch_losses=batch_losses, use_amp=use_amp,
-    )  # fmt: skip
+        probe, train_loader, device, PROBE_STEPS, batch_losses=batch_losses, use_amp=use_amp
+    )
     valid_s, valid_batches = 0.0, 0
     if valid_loader is not None:
         valid_batches = len(valid_loader) if hasattr(valid_loader, "__len__") else 1
-        valid_s, _ = time_predicting_batches(
-            probe, valid_loader, device, min(PROBE_VALID_BATCHES, max(1, valid_batches - 1))
-        )
+        valid_s, _ = time_predicting_batches(probe, valid_loader, device, PROBE_VALID_BATCHES)
     save_s = _time_saving(probe)
     del probe
     return EpochCost(step_s, int(steps), valid_s, int(valid_batches), save_s)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -198,8 +198,7 @@ def time_training_steps(
 
     The first batch is not timed (first-call allocations, worker start-up); the next
     ``steps`` are. ``model``'s weights change: pass a copy (:mod:`cxrkit.budget` does).
-    Returns the mean seconds per step and the number of steps timed (fewer when the
-    loader is shorter).
+    Returns the mean seconds per step and the number of steps timed (0: an empty loader).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -229,13 +228,26 @@ def time_predicting_batches(
     return _seconds_per_batch(loader, device, batches, step)
 
 
+def _cycle(loader: Iterable) -> Iterator[Batch]:
+    """The loader's batches, epoch after epoch (nothing if it has none): a short loader
+    still gives a probe its batches, and each new pass pays its start-up as an epoch does."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
 def _seconds_per_batch(
     loader: Iterable, device: torch.device, count: int, step: Callable[[Batch], None]
 ) -> tuple[float, int]:
-    """Mean seconds of ``step`` over ``count`` batches of ``loader`` after one untimed
-    batch, and how many were timed (0: the loader had one batch or none)."""
+    """Mean seconds of ``step`` over ``count`` batches of ``loader`` (passing over it
+    again when it is shorter) after one untimed batch, and how many were timed (0: the
+    loader has no batch)."""
     start, timed = 0.0, -1
-    for batch in loader:
+    for batch in _cycle(loader):
         if timed == 0:
             _synchronize(device)
             start = time.perf_counter()

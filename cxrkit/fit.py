@@ -432,7 +432,7 @@ def _out_of_time(
     if stop and dist_info().is_main:
         print(
             f"time limit: stopping before epoch {epoch + 1}, which would not end within the "
-            f"{max_minutes:.2f} min left"
+            f"training's limit of {max_minutes:.2f} min"
         )
     return stop
 
