@@ -32,6 +32,7 @@ from cxrkit.engine import LossFn, detector_losses, time_predicting_batches, time
 
 PLAN_SHARE = 0.95  # plan within this share of the time left: measurements are noisy
 PROBE_STEPS = 6  # training steps timed (after one untimed step; a short loader is re-read)
+COST_STEPS = 3  # training steps timed for a cost estimate (after one untimed step)
 PROBE_VALID_BATCHES = 2  # validation batches timed (after one untimed batch)
 
 
@@ -164,3 +165,50 @@ def plan_from_budget(
     )
     epochs, reason = plan_epochs(budget, time.monotonic() - started, cost, max_epochs)
     return budget, broadcast_int(epochs, device), f"{reason} ({why_budget})"
+
+
+def _device_name(device: torch.device) -> str:
+    """The card's name, or ``"this CPU (N threads)"``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"this CPU ({torch.get_num_threads()} threads)"
+
+
+def training_cost(
+    model_name: str,
+    size: int,
+    batch_size: int,
+    image_passes: int,
+    device: torch.device | str | None = None,
+    *,
+    what: str = "training",
+) -> str:
+    """One line: what ``image_passes`` (epochs x training images) of ``model_name`` cost
+    here, from :data:`COST_STEPS` training steps measured now on random images.
+
+    Notebooks print it before they train, so a learner on a Kaggle card (or a laptop)
+    reads the cost of the run before paying it. The model is built and stepped inside
+    :func:`torch.random.fork_rng`: the notebook's random numbers are left as they were.
+    Validation, reading the PNGs and the first steps' warm-up add to the estimate.
+    """
+    from cxrkit.models import build_model
+    from cxrkit.utils import try_gpu
+
+    device = torch.device(device) if device is not None else try_gpu()
+    use_amp = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = build_model(model_name, weights=None, size=size).to(device)
+        images = [torch.rand(3, size, size) for _ in range(batch_size)]
+        box = torch.tensor([[size * 0.25, size * 0.25, size * 0.6, size * 0.7]])
+        targets = [{"boxes": box, "labels": torch.tensor([1])} for _ in range(batch_size)]
+        batches = [(images, targets, list(range(batch_size)))] * (COST_STEPS + 1)
+        step_s, _ = time_training_steps(model, batches, device, COST_STEPS, use_amp=use_amp)
+    steps = math.ceil(image_passes / batch_size)
+    minutes = steps * step_s / 60
+    return (
+        f"{what}: {image_passes} image passes = {steps} steps of {batch_size} images at "
+        f"{size} px, about {minutes:.0f} min on {_device_name(device)} "
+        f"({step_s:.2f} s a step of {model_name}{', AMP' if use_amp else ''}, measured now; "
+        "validation and reading the images add to it)"
+    )

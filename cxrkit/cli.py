@@ -610,8 +610,9 @@ def _add_profile_option(train: argparse.ArgumentParser) -> None:
         choices=["auto", *PROFILE_NAMES],
         default=None,
         help="settings for the machine: cpu (cxr_small, 256 px), gpu (fasterrcnn_resnet50_fpn, "
-        "512 px, AMP, COCO weights) or auto (gpu when CUDA is available); explicit "
-        "--model/--epochs/--batch-size/--weights/--size still override (default: none)",
+        "512 px, AMP, COCO weights) or auto (gpu when CUDA is available); the epochs fit "
+        "the time budget (--minutes); explicit --model/--epochs/--batch-size/--weights/--size "
+        "still override (default: none)",
     )
 
 
@@ -625,7 +626,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     profile = choose_profile(
         None if args.profile == "auto" else args.profile, data_dir=args.data_dir
     )
-    return TrainConfig.from_profile(profile, **typed)
+    # the profile's epochs are the notebooks' (their run names); the command line plans
+    # them from its time budget (--minutes: 60 on a GPU) unless --epochs is typed
+    return TrainConfig.from_profile(profile, **{"epochs": None, **typed})
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

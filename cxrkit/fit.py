@@ -335,7 +335,7 @@ def _resume(
     info = dist_info()
     if not last_path.is_file():
         if info.is_main:
-            print(f"resume: no {last_path} yet, starting from epoch 1")
+            print(f"resume: no last.pt in {out.name} yet, starting from epoch 1")
         return _RunState()
     ckpt = load_checkpoint(last_path, map_location=device)
     refuse_other_settings(last_path, ckpt.get("config") or {}, settings, settings["epochs"])
@@ -353,7 +353,7 @@ def _resume(
         old = pd.read_csv(out / "history.csv")
         state.history = old[old["epoch"] <= state.epochs_done].to_dict("records")
     if info.is_main:
-        print(f"resuming from {last_path} after epoch {state.epochs_done}")
+        print(f"resuming from last.pt in {out.name} after epoch {state.epochs_done}")
     return state
 
 

@@ -18,6 +18,7 @@ turns a profile into a run's settings (explicit settings still win).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -33,6 +34,12 @@ PROFILE_NAMES: tuple[str, ...] = ("cpu", "gpu")
 GPU_MODEL = "fasterrcnn_resnet50_fpn"  # the seed notebook's detector
 CPU_MODEL = "cxr_small"  # trains from scratch in minutes on a laptop CPU
 WEIGHTS_ENV = "CXRKIT_WEIGHTS"  # path of a local COCO .pth file
+PROFILE_ENV = "CXRKIT_PROFILE"  # "cpu" or "gpu": the profile a notebook's choose_profile() takes
+SMOKE_ENV = "CXRKIT_SMOKE"  # "1": the profile at a tiny scale, so tests run GPU models on a CPU
+# What the smoke scale shrinks: image size, epochs and batch of detector and classifier.
+SMOKE_SIZE, SMOKE_EPOCHS, SMOKE_BATCH = 64, 1, 2
+CPU_CLASSIFIER = ("cls_small", 128, 8)  # notebook 07's classifier on a CPU: name, px, epochs
+GPU_CLASSIFIER = ("efficientnet_b0", 512, 10)  # and on a GPU, with ImageNet weights
 # The settings a profile fixes, named as TrainConfig's fields.
 PROFILE_FIELDS: tuple[str, ...] = (
     "model_name", "size", "epochs", "batch_size", "weights", "amp", "num_workers",
@@ -62,6 +69,25 @@ class Profile:
     amp: bool
     notes: tuple[str, ...] = ()
     num_workers: int = 0
+    classifier_name: str = CPU_CLASSIFIER[0]
+    classifier_size: int = CPU_CLASSIFIER[1]
+    classifier_epochs: int = CPU_CLASSIFIER[2]
+    classifier_weights: str | None = None
+    smoke: bool = False
+
+    def band(
+        self, cpu: tuple[float, float], gpu: tuple[float, float] | None = None
+    ) -> tuple[float, float]:
+        """The band a notebook's :func:`cxrkit.utils.check_range` expects under this profile.
+
+        ``cpu`` was measured for the cpu profile's model (several threads and seeds);
+        ``gpu`` is what holds for the gpu profile's models whatever their weights and
+        scale (an mAP between 0 and 1, a positive loss). Without one only finiteness
+        is checked: ``(-inf, inf)`` fails a NaN and nothing else.
+        """
+        if self.name == "cpu" and not self.smoke:
+            return cpu
+        return gpu if gpu is not None else (-math.inf, math.inf)
 
     def settings(self, model_name: str | None = None) -> dict[str, Any]:
         """The TrainConfig fields this profile sets (:data:`PROFILE_FIELDS`).
@@ -84,10 +110,13 @@ class Profile:
     def summary(self) -> str:
         """What is printed when a profile is chosen: name, reason, settings, notes."""
         weights = "trained from scratch" if self.weights is None else f"weights {self.weights}"
+        classifier = self.classifier_weights or "from scratch"
         lines = [
             f"profile {self.name}: {self.reason}",
             f"  {self.model_name}, {self.size} px, {self.epochs} epochs, batch {self.batch_size}, "
             f"AMP {'on' if self.amp else 'off'}, {weights}",
+            f"  classifier (notebook 07): {self.classifier_name}, {self.classifier_size} px, "
+            f"{self.classifier_epochs} epochs, {classifier}",
         ]
         return "\n".join(lines + [f"  {note}" for note in self.notes])
 
@@ -153,35 +182,45 @@ def _local_weights_candidates(filename: str) -> list[Path]:
     return [Path(torch.hub.get_dir()) / "checkpoints" / filename, *_kaggle_files(filename)]
 
 
-def find_coco_weights(model_name: str = GPU_MODEL) -> tuple[str | None, str]:
-    """COCO weights for ``model_name`` and where they come from (None, with the reason,
-    for a model that has no published weights).
+def find_pretrained_weights(
+    model_name: str = GPU_MODEL, env_variable: str | None = WEIGHTS_ENV
+) -> tuple[str | None, str]:
+    """The published weights of ``model_name`` (COCO for a detector, ImageNet for a
+    classifier: its spec's ``pretrained``) and where they come from; None, with the
+    reason, for a model that has none.
 
-    In order: the file named by ``CXRKIT_WEIGHTS``; torchvision's file in torch's
-    cache or in a Kaggle dataset (``/kaggle/input/*/``); ``"DEFAULT"`` (a download)
-    when online; else ``None`` with a message that the model trains from scratch.
+    In order: the file named by ``env_variable``; torchvision's file in torch's cache
+    or where Kaggle mounts datasets and models (``/kaggle/input``, 5 folders deep);
+    ``"DEFAULT"`` (a download) when online; else ``None`` with a message that the
+    model trains from scratch.
     """
-    if not get_spec(model_name).pretrained:
+    kind = get_spec(model_name).pretrained
+    if not kind:
         return None, f"{model_name} has no published weights: it trains from scratch"
     notes = []
-    env = os.environ.get(WEIGHTS_ENV)
+    env = os.environ.get(env_variable) if env_variable else None
     if env:
         path = Path(env).expanduser()
         if path.is_file():
-            return str(path), f"COCO weights from {WEIGHTS_ENV}={path}"
-        notes.append(f"{WEIGHTS_ENV}={env} is not a file")
+            return str(path), f"{kind} weights from {env_variable}={path}"
+        notes.append(f"{env_variable}={env} is not a file")
     filename = coco_weights_filename(model_name)
     for path in _local_weights_candidates(filename):
         if path.is_file():
-            return str(path), f"COCO weights from the local file {path}"
+            return str(path), f"{kind} weights from the local file {path}"
     if _online():
-        return "DEFAULT", "COCO weights: downloaded by torchvision (weights='DEFAULT')"
+        return "DEFAULT", f"{kind} weights: downloaded by torchvision (weights='DEFAULT')"
     notes.append(
-        f"no COCO weights: offline and no {filename} in torch's cache or /kaggle/input. "
+        f"no {kind} weights: offline and no {filename} in torch's cache or /kaggle/input. "
         f"{model_name} TRAINS FROM SCRATCH and will score far lower; attach the file as a "
-        f"dataset or set {WEIGHTS_ENV}=/path/to/{filename}"
+        "dataset" + (f" or set {env_variable}=/path/to/{filename}" if env_variable else "")
     )
     return None, "; ".join(notes)
+
+
+def find_coco_weights(model_name: str = GPU_MODEL) -> tuple[str | None, str]:
+    """:func:`find_pretrained_weights` of a detector (``CXRKIT_WEIGHTS`` names its file)."""
+    return find_pretrained_weights(model_name)
 
 
 def _count_training_images(data_dir: str | os.PathLike) -> int:
@@ -198,7 +237,7 @@ def cpu_profile(reason: str) -> Profile:
     spec = get_spec(CPU_MODEL)
     return Profile(
         "cpu", reason, spec.name, spec.size, spec.epochs, spec.batch_size, weights=None, amp=False
-    )
+    )  # the classifier fields default to CPU_CLASSIFIER, from scratch
 
 
 def gpu_profile(reason: str, device: Any = None) -> Profile:
@@ -220,6 +259,10 @@ def gpu_profile(reason: str, device: Any = None) -> Profile:
     notes.append(f"{workers} DataLoader worker(s) of {os.cpu_count()} CPUs decode while it trains")
     weights, source = find_coco_weights(GPU_MODEL)
     notes.append(source)
+    classifier, classifier_size, classifier_epochs = GPU_CLASSIFIER
+    # the detector's file is named by CXRKIT_WEIGHTS: the classifier's is only looked up
+    classifier_weights, classifier_source = find_pretrained_weights(classifier, None)
+    notes.append(f"classifier: {classifier_source}")
     spec = get_spec(GPU_MODEL)
     return Profile(
         "gpu",
@@ -232,6 +275,31 @@ def gpu_profile(reason: str, device: Any = None) -> Profile:
         amp=True,
         notes=tuple(notes),
         num_workers=workers,
+        classifier_name=classifier,
+        classifier_size=classifier_size,
+        classifier_epochs=classifier_epochs,
+        classifier_weights=classifier_weights,
+    )
+
+
+def smoke_scale(profile: Profile) -> Profile:
+    """``profile``'s models at a tiny scale (:data:`SMOKE_SIZE` px, :data:`SMOKE_EPOCHS`
+    epoch, batch :data:`SMOKE_BATCH`): what ``CXRKIT_SMOKE=1`` gives, so that a test
+    runs the notebooks with the gpu profile's models on a CPU in minutes. Its numbers
+    mean nothing; :meth:`Profile.band` checks only what holds at any scale."""
+    note = (
+        f"SMOKE SCALE ({SMOKE_ENV}=1): {SMOKE_SIZE} px, {SMOKE_EPOCHS} epoch, batch "
+        f"{SMOKE_BATCH}: for tests that run the notebooks, not for results"
+    )
+    return replace(
+        profile,
+        size=SMOKE_SIZE,
+        epochs=SMOKE_EPOCHS,
+        batch_size=SMOKE_BATCH,
+        classifier_size=SMOKE_SIZE,
+        classifier_epochs=SMOKE_EPOCHS,
+        smoke=True,
+        notes=(*profile.notes, note),
     )
 
 
@@ -243,10 +311,21 @@ def choose_profile(
 ) -> Profile:
     """The training profile for this machine (or the one named), printed with the reason.
 
-    ``name`` is ``"cpu"``, ``"gpu"`` or ``None``/``"auto"``: ``gpu`` when CUDA is
-    available (on ``device``, if given), else ``cpu``. ``data_dir`` only adds the
-    number of training images to the reason (and a warning for a large set on a CPU).
+    ``name`` is ``"cpu"``, ``"gpu"`` or ``None``/``"auto"``: the one ``CXRKIT_PROFILE``
+    names, else ``gpu`` when CUDA is available (on ``device``, if given), else ``cpu``.
+    ``data_dir`` only adds the number of training images to the reason (and a warning
+    for a large set on a CPU). ``CXRKIT_SMOKE=1`` shrinks the profile
+    (:func:`smoke_scale`).
     """
+    forced = os.environ.get(PROFILE_ENV, "").strip()
+    if name in (None, "auto") and forced and forced != "auto":
+        if forced not in PROFILE_NAMES:
+            raise ConfigError(
+                f"{PROFILE_ENV}={forced!r} is not a profile; choose one of {list(PROFILE_NAMES)}"
+            )
+        name, named_by = forced, f"{PROFILE_ENV}={forced}"
+    else:
+        named_by = "asked for by name"
     if name not in (None, "auto", *PROFILE_NAMES):
         raise ConfigError(f"unknown profile {name!r}; choose one of {['auto', *PROFILE_NAMES]}")
     if name in (None, "auto"):
@@ -258,7 +337,7 @@ def choose_profile(
         else:
             name, reason = "gpu", f"CUDA device {gpu[0]}"
     else:
-        reason = "asked for by name"
+        reason = named_by
     n_images = _count_training_images(data_dir) if data_dir is not None else None
     if n_images is not None:
         reason += f"; {n_images} training images"
@@ -266,6 +345,8 @@ def choose_profile(
     if name == "cpu" and n_images is not None and n_images > LARGE_FOR_CPU:
         slow = "a CPU epoch over this many images takes hours: use a GPU or a subset (notebook 03)"
         profile = replace(profile, notes=(*profile.notes, slow))
+    if os.environ.get(SMOKE_ENV, "") not in ("", "0"):
+        profile = smoke_scale(profile)
     if verbose:
         print(profile.summary())
     return profile

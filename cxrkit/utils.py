@@ -7,6 +7,7 @@ library loads with the module (NumPy, pandas and torch inside the functions), so
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -141,13 +142,17 @@ def check_range(what: str, value: float, low: float, high: float, digits: int = 
 
     With ``CXRKIT_CHECK_LOG`` set to a file, the value is appended to it as one
     JSON line and nothing is raised: that is how the spread script collects every
-    checked number of a notebook run to set the bands. Returns ``value``.
+    checked number of a notebook run to set the bands. A band of ``(-inf, inf)``
+    (:meth:`cxrkit.profiles.Profile.band` for a profile without a measured one) fails
+    only a NaN. Returns ``value``.
     """
     import json
 
     value = float(value)
     inside = bool(low <= value <= high)  # False for NaN too
-    print(f"{what}: {value:.{digits}f} (expected {low:g} to {high:g})")
+    unbounded = math.isinf(low) and math.isinf(high)
+    expected = "any finite value: no band for this profile" if unbounded else f"{low:g} to {high:g}"
+    print(f"{what}: {value:.{digits}f} (expected {expected})")
     log = os.environ.get(CHECK_LOG_VARIABLE)
     if log:
         record = {"what": what, "value": value, "low": low, "high": high, "inside": inside}

@@ -160,3 +160,15 @@ def test_max_minutes_the_older_name_is_the_budget_too(
         preprocessed, sample_data / "train.csv", tmp_path / "run", size=64, max_minutes=1
     )
     assert load_checkpoint(run.last)["config"]["epochs"] == 2  # 95 % of ~1 min / 20 s
+
+
+def test_training_cost_is_measured_and_leaves_the_random_numbers_alone():
+    """The line notebooks 04 and 07 print before they train: steps times a measured step."""
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    line = cxrkit.budget.training_cost("cxr_small", 64, 2, 15, CPU, what="a test")
+    assert torch.equal(torch.rand(3), expected)  # building and stepping a model drew nothing
+    assert line.startswith("a test: 15 image passes = 8 steps of 2 images at 64 px, about ")
+    seconds = float(line.split("(")[2].split(" s a step")[0])
+    assert 0 < seconds < 30 and "this CPU (" in line and "AMP" not in line

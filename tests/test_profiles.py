@@ -186,7 +186,8 @@ def test_cli_train_profile_and_explicit_flags_override(monkeypatch, no_gpu, offl
         True,
     )
     assert gpu.batch_size == profiles.NO_GPU_BATCH and gpu.seed == 7
-    assert (cpu.model_name, cpu.size, cpu.epochs, cpu.batch_size) == ("cxr_small", 256, 10, 4)
+    # without --epochs the run plans them from its time budget, as without a profile
+    assert (cpu.model_name, cpu.size, cpu.epochs, cpu.batch_size) == ("cxr_small", 256, None, 4)
     assert plain == TrainConfig().resolved()  # no profile: the flags' defaults, as before
 
 
@@ -234,3 +235,63 @@ def test_another_model_than_the_profiles_gets_its_own_weights(monkeypatch, capsy
     assert same.weights == "frcnn_coco.pth"  # the profile's own model keeps its file
     explicit = TrainConfig.from_profile(profile, model_name="fcos_small", weights="mine.pt")
     assert explicit.weights == "mine.pt"  # a typed --weights wins
+
+
+def test_the_environment_names_the_profile_and_a_wrong_name_is_refused(
+    monkeypatch, no_gpu, offline
+):
+    """CXRKIT_PROFILE=gpu picks the gpu profile where auto would pick cpu (what the
+    notebook test runs under); an explicit name still wins; a typo names the variable."""
+    monkeypatch.setenv(profiles.PROFILE_ENV, "gpu")
+    profile = profiles.choose_profile(verbose=False)
+    assert (profile.name, profile.reason) == ("gpu", "CXRKIT_PROFILE=gpu")
+    assert profiles.choose_profile("cpu", verbose=False).name == "cpu"
+    monkeypatch.setenv(profiles.PROFILE_ENV, "GPU ")
+    with pytest.raises(ValueError, match="CXRKIT_PROFILE='GPU' is not a profile"):
+        profiles.choose_profile(verbose=False)
+
+
+def test_smoke_scale_shrinks_the_profile_and_says_so(monkeypatch, no_gpu, offline, capsys):
+    monkeypatch.setenv(profiles.SMOKE_ENV, "1")
+    profile = profiles.choose_profile("gpu")
+    assert (profile.model_name, profile.classifier_name) == (
+        profiles.GPU_MODEL,
+        profiles.GPU_CLASSIFIER[0],
+    )  # the same models, smaller:
+    assert (profile.size, profile.epochs, profile.batch_size) == (64, 1, 2)
+    assert (profile.classifier_size, profile.classifier_epochs) == (64, 1)
+    assert "SMOKE SCALE (CXRKIT_SMOKE=1)" in capsys.readouterr().out
+    monkeypatch.setenv(profiles.SMOKE_ENV, "0")
+    assert not profiles.choose_profile("gpu", verbose=False).smoke
+
+
+def test_bands_are_the_measured_ones_only_for_the_cpu_profile(no_gpu, offline):
+    cpu = profiles.choose_profile("cpu", verbose=False)
+    gpu = profiles.choose_profile("gpu", verbose=False)
+    assert cpu.band((0.1, 0.4), gpu=(0, 1)) == (0.1, 0.4)
+    assert gpu.band((0.1, 0.4), gpu=(0, 1)) == (0, 1)
+    assert profiles.smoke_scale(cpu).band((0.1, 0.4)) == (-float("inf"), float("inf"))
+    assert cxrkit.utils.check_range("a gain", -0.3, *gpu.band((0.1, 0.4))) == -0.3
+    with pytest.raises(AssertionError, match="outside"):
+        cxrkit.utils.check_range("a gain", float("nan"), *gpu.band((0.1, 0.4)))
+
+
+def test_the_classifier_imagenet_weights_are_found_like_the_detectors(
+    monkeypatch, offline, tmp_path, capsys
+):
+    """Notebook 07's efficientnet_b0: torchvision's ImageNet file attached on Kaggle is
+    used offline; without it the profile says the classifier trains from scratch."""
+    fake_gpu(monkeypatch, 15.8)
+    profile = profiles.choose_profile("gpu")
+    assert profile.classifier_name == "efficientnet_b0" and profile.classifier_weights is None
+    assert "no ImageNet weights: offline and no efficientnet_b0_" in capsys.readouterr().out
+    kaggle = tmp_path / "kaggle"
+    name = profiles.coco_weights_filename("efficientnet_b0")
+    attached = kaggle / "efficientnet" / "pytorch" / "b0" / "1" / name
+    attached.parent.mkdir(parents=True)
+    attached.touch()
+    monkeypatch.setattr(profiles, "KAGGLE_INPUT", kaggle)
+    profile = profiles.choose_profile("gpu", verbose=False)
+    assert profile.classifier_weights == str(attached)
+    assert f"classifier: ImageNet weights from the local file {attached}" in profile.notes
+    assert profiles.choose_profile("cpu", verbose=False).classifier_weights is None
