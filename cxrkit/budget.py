@@ -29,6 +29,8 @@ from torch import nn
 from cxrkit.config import DEFAULT_MINUTES
 from cxrkit.distributed import broadcast_int
 from cxrkit.engine import LossFn, detector_losses, time_predicting_batches, time_training_steps
+from cxrkit.models import build_model
+from cxrkit.utils import try_gpu
 
 PLAN_SHARE = 0.95  # plan within this share of the time left: measurements are noisy
 PROBE_STEPS = 6  # training steps timed (after one untimed step; a short loader is re-read)
@@ -191,9 +193,6 @@ def training_cost(
     :func:`torch.random.fork_rng`: the notebook's random numbers are left as they were.
     Validation, reading the PNGs and the first steps' warm-up add to the estimate.
     """
-    from cxrkit.models import build_model
-    from cxrkit.utils import try_gpu
-
     device = torch.device(device) if device is not None else try_gpu()
     use_amp = device.type == "cuda"
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
