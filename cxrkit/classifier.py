@@ -75,7 +75,7 @@ from cxrkit.runs import (
     table_digest,
     write_out_of_fold_table,
 )
-from cxrkit.utils import seed_everything, try_gpu
+from cxrkit.utils import printed_to_file, seed_everything, try_gpu
 
 __all__ = [
     "CLASSIFIER_NAMES",
@@ -465,6 +465,7 @@ def train_classifier(
     resume: bool = False,
     overwrite: bool = False,
     max_minutes: float | None = None,
+    verbose: bool = True,
     **settings: Any,
 ) -> FitResult:
     """Train a normal/abnormal classifier: what ``python -m cxrkit train-classifier`` runs.
@@ -486,7 +487,35 @@ def train_classifier(
     Returns:
         fit's :class:`cxrkit.fit.FitResult` (``ClassifierResult``): ``best_auc``,
         ``best_epoch``, ``epochs_done``, ``history`` (``val_auc``), ``best``.
+    ``verbose=False`` prints nothing but warnings and progress bars: the run's log
+    goes to ``out_dir/train.log`` (a notebook training several folds prints its own
+    line per fold).
     """
+    with printed_to_file(Path(out_dir) / "train.log", enabled=not verbose):
+        return _train_classifier(
+            data_dir,
+            annotations_csv,
+            out_dir,
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            max_minutes=max_minutes,
+            **settings,
+        )
+
+
+def _train_classifier(
+    data_dir: str | os.PathLike,
+    annotations_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: ClassifierConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_minutes: float | None = None,
+    **settings: Any,
+) -> FitResult:
+    """:func:`train_classifier`'s work, printing to the screen."""
     t_start = time.monotonic()
     cfg = replace(config or ClassifierConfig(), **settings).checked()
     if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=

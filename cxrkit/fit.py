@@ -38,6 +38,7 @@ from cxrkit.distributed import any_rank, barrier, broadcast_flag, dist_info, unw
 from cxrkit.engine import LossFn, detector_losses, evaluate, train_one_epoch
 from cxrkit.errors import ConfigError, NonFiniteLossError, ResumeError
 from cxrkit.models import check_state_matches
+from cxrkit.paths import display_path
 from cxrkit.transforms import reseed
 
 # Settings a resumed run may change: paths (folders get moved), the number of
@@ -167,7 +168,7 @@ class FitResult:
         stop = " (stopped by the time limit)" if self.stopped_early else ""
         return (
             f"trained {self.epochs_done} epoch(s){stop}; best validation {self.metric_label} "
-            f"{best}; files in {self.out_dir}"
+            f"{best}; files in {display_path(self.out_dir)}"
         )
 
 

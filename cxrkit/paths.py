@@ -38,6 +38,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CXRKIT_CACHE", Path.home() / ".cache" / "cxrkit")).expanduser()
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as printed: under the cache or work folder, relative to it.
+
+    ``$CXRKIT_CACHE/sample-v1-seed0`` (or ``~/.cache/cxrkit/...`` by default) reads
+    the same on every machine, so a committed notebook output shows no one's
+    temporary folder and a learner sees where the file is in their own setup.
+    """
+    path = Path(path).expanduser()
+    roots = []
+    if "CXRKIT_WORK" in os.environ:
+        roots.append((work_root(), "$CXRKIT_WORK"))
+    cache_name = "$CXRKIT_CACHE" if "CXRKIT_CACHE" in os.environ else "~/.cache/cxrkit"
+    roots += [(cache_dir(), cache_name), (KAGGLE_WORKING, str(KAGGLE_WORKING))]
+    for root, name in roots:
+        try:
+            relative = path.resolve().relative_to(root.expanduser().resolve())
+        except ValueError:
+            continue
+        return f"{name}/{relative.as_posix()}" if relative.parts else name
+    return str(path)
+
+
 def work_root() -> Path:
     """Where :func:`work_dir` puts outputs, without creating it (``python -m cxrkit doctor``).
 
@@ -95,7 +117,7 @@ def sample_dir(seed: int = DEFAULT_SAMPLE_SEED, generate: bool = True) -> Path:
     # Said before the progress bar (stderr, pink in Jupyter), which alone looks like an error.
     print(
         f"{SAMPLE_MESSAGE_START} (once): 250 synthetic chest X-ray DICOMs in the competition "
-        f"layout, about {SAMPLE_SIZE_MB} MB, into {path}; it takes about a minute and is "
+        f"layout, about {SAMPLE_SIZE_MB} MB, into {display_path(path)}; it takes about a minute and is "
         "reused afterwards (CXRKIT_CACHE moves it)",
         flush=True,
     )

@@ -66,7 +66,7 @@ from cxrkit.runs import (  # the run-folder helpers; still importable from cxrki
 from cxrkit.sampling import RepeatFactorSampler, choose_repeat_threshold, repeat_factors
 from cxrkit.submission import add_no_finding
 from cxrkit.transforms import test_transforms, train_transforms, valid_transforms
-from cxrkit.utils import seed_everything, try_gpu
+from cxrkit.utils import printed_to_file, seed_everything, try_gpu
 
 
 def predict_images(
@@ -282,6 +282,7 @@ def train_from_folder(
     resume: bool = False,
     overwrite: bool = False,
     max_minutes: float | None = None,
+    verbose: bool = True,
     **settings: Any,
 ) -> FitResult:
     """Train a detector on a preprocessed folder: what ``python -m cxrkit train`` runs.
@@ -317,7 +318,35 @@ def train_from_folder(
     Under ``torchrun`` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel:
     each process sees a different shard of the images (``DistributedSampler``),
     rank 0 alone validates and writes files.
+    ``verbose=False`` prints nothing but warnings and progress bars: the run's log
+    goes to ``out_dir/train.log`` (a notebook training several folds prints its own
+    line per fold).
     """
+    with printed_to_file(Path(out_dir) / "train.log", enabled=not verbose):
+        return _train_from_folder(
+            data_dir,
+            annotations_csv,
+            out_dir,
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            max_minutes=max_minutes,
+            **settings,
+        )
+
+
+def _train_from_folder(
+    data_dir: str | os.PathLike,
+    annotations_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_minutes: float | None = None,
+    **settings: Any,
+) -> FitResult:
+    """:func:`train_from_folder`'s work, printing to the screen."""
     t_start = time.monotonic()
     cfg = replace(config or TrainConfig(), **settings)
     if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=

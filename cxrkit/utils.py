@@ -7,9 +7,42 @@ library loads with the module (NumPy, pandas and torch inside the functions), so
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 import os
 import random
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def printed_to_file(path: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Send what the block prints to ``path`` (appended) instead of the screen.
+
+    What ``verbose=False`` does in the training functions: a notebook that trains
+    several folds prints one line per fold, and each run's full log (settings,
+    epochs, resume) stays in its folder as ``train.log``. The text is kept in memory
+    and written at the end, even when the block raises, because the block may
+    delete and recreate the folder (``overwrite=True``). Warnings and progress
+    bars (stderr) still show. Does nothing unless ``enabled``.
+
+    Args:
+        path: the log file; its folder is created if needed.
+        enabled: False runs the block unchanged (printing to the screen).
+    """
+    if not enabled:
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(buffer.getvalue())
 
 
 def seed_everything(seed: int = 42) -> None:
@@ -131,7 +164,7 @@ def setup_notebook(seed: int = 42, threads: int | None = None) -> None:
 CHECK_LOG_VARIABLE = "CXRKIT_CHECK_LOG"
 
 
-def check_range(what: str, value: float, low: float, high: float, digits: int = 3) -> float:
+def check_range(what: str, value: float, low: float, high: float, digits: int = 3) -> None:
     """Print ``what: value`` rounded, and fail unless ``low <= value <= high``.
 
     The in-cell check of a number that comes from training (a loss, an mAP, a
@@ -144,10 +177,9 @@ def check_range(what: str, value: float, low: float, high: float, digits: int = 
     JSON line and nothing is raised: that is how the spread script collects every
     checked number of a notebook run to set the bands. A band of ``(-inf, inf)``
     (:meth:`cxrkit.profiles.Profile.band` for a profile without a measured one) fails
-    only a NaN. Returns ``value``.
+    only a NaN. Returns nothing, so a notebook cell that ends with it shows only the
+    printed line.
     """
-    import json
-
     value = float(value)
     inside = bool(low <= value <= high)  # False for NaN too
     unbounded = math.isinf(low) and math.isinf(high)
@@ -158,10 +190,9 @@ def check_range(what: str, value: float, low: float, high: float, digits: int = 
         record = {"what": what, "value": value, "low": low, "high": high, "inside": inside}
         with open(log, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
-        return value
+        return
     if not inside:
         raise AssertionError(
             f"{what} = {value:.{digits + 2}g} is outside the expected range [{low:g}, {high:g}]: "
             "training or post-processing no longer behaves as this notebook says"
         )
-    return value

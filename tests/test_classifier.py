@@ -531,6 +531,17 @@ def test_classifier_resume_with_another_rate_is_refused(sample_data, preprocesse
     assert train_classifier(preprocessed, csv, run, resume=True, **FAST).epochs_done == 1
 
 
+def test_a_quiet_run_prints_nothing_and_logs_in_its_folder(
+    sample_data, preprocessed, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    result = train_classifier(preprocessed, sample_data / "train.csv", run, **FAST, verbose=False)
+    assert capsys.readouterr().out == ""
+    log = (run / "train.log").read_text()
+    assert "training classifier" in log and "epoch 1/1 loss" in log
+    assert result.epochs_done == 1
+
+
 def test_classify_refuses_a_classifier_whose_outputs_are_nan(tmp_path):
     """Finite weights, NaN outputs (a BatchNorm variance below 0): refused naming the
     classifier, never a CSV with an empty p_abnormal column."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cxrkit import paths
+from cxrkit.paths import display_path
 
 
 def _fake_competition_folder(root):
@@ -126,3 +129,16 @@ def test_first_use_says_what_where_and_how_big_before_the_bar(tmp_path, monkeypa
     assert message.count("\n") == 1  # one line: notebooks/sanitize.cfg drops it
     paths.sample_dir()
     assert capsys.readouterr().out == "", "said again although the sample exists"
+
+
+def test_display_path_names_the_cache_not_the_machines_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CXRKIT_WORK", raising=False)
+    run = tmp_path / "cache" / "work" / "runs" / "r1"
+    assert display_path(run) == "$CXRKIT_CACHE/work/runs/r1"
+    assert display_path(tmp_path / "cache") == "$CXRKIT_CACHE"
+    monkeypatch.setenv("CXRKIT_WORK", str(tmp_path / "out"))
+    assert display_path(tmp_path / "out" / "r2") == "$CXRKIT_WORK/r2"
+    assert display_path(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
+    monkeypatch.delenv("CXRKIT_CACHE")
+    assert display_path(Path.home() / ".cache" / "cxrkit" / "x") == "~/.cache/cxrkit/x"

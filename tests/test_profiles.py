@@ -271,7 +271,7 @@ def test_bands_are_the_measured_ones_only_for_the_cpu_profile(no_gpu, offline):
     assert cpu.band((0.1, 0.4), gpu=(0, 1)) == (0.1, 0.4)
     assert gpu.band((0.1, 0.4), gpu=(0, 1)) == (0, 1)
     assert profiles.smoke_scale(cpu).band((0.1, 0.4)) == (-float("inf"), float("inf"))
-    assert cxrkit.utils.check_range("a gain", -0.3, *gpu.band((0.1, 0.4))) == -0.3
+    cxrkit.utils.check_range("a gain", -0.3, *gpu.band((0.1, 0.4)))  # no band: does not raise
     with pytest.raises(AssertionError, match="outside"):
         cxrkit.utils.check_range("a gain", float("nan"), *gpu.band((0.1, 0.4)))
 

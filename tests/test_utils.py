@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from cxrkit.utils import CHECK_LOG_VARIABLE, check_range
+from cxrkit.utils import CHECK_LOG_VARIABLE, check_range, printed_to_file
 
 
-def test_inside_the_band_prints_and_returns(capsys, monkeypatch):
+def test_inside_the_band_prints_and_returns_nothing(capsys, monkeypatch):
     monkeypatch.delenv(CHECK_LOG_VARIABLE, raising=False)
-    assert check_range("val mAP", 0.2891, 0.2, 0.4) == 0.2891
+    assert check_range("val mAP", 0.2891, 0.2, 0.4) is None  # a cell ending with it shows no value
     assert capsys.readouterr().out == "val mAP: 0.289 (expected 0.2 to 0.4)\n"
     check_range("edge", 0.4, 0.2, 0.4)  # the band is closed
 
@@ -36,3 +36,16 @@ def test_log_mode_records_instead_of_raising(tmp_path, monkeypatch):
         ("a", 0.3, True),
         ("b", 0.9, False),
     ]
+
+
+def test_printed_to_file_keeps_the_screen_quiet_and_the_log_whole(tmp_path, capsys):
+    log = tmp_path / "run" / "train.log"
+    with pytest.raises(RuntimeError), printed_to_file(log):
+        print("epoch 1/2 loss 0.5")
+        raise RuntimeError("epoch 2 failed")  # the log still gets what was printed
+    with printed_to_file(log):
+        print("resumed")
+    with printed_to_file(log, enabled=False):
+        print("on the screen")
+    assert capsys.readouterr().out == "on the screen\n"
+    assert log.read_text() == "epoch 1/2 loss 0.5\nresumed\n"
