@@ -125,7 +125,7 @@ def test_first_use_says_what_where_and_how_big_before_the_bar(tmp_path, monkeypa
     path = paths.sample_dir()
     (message,) = printed_before_generating
     assert message.startswith(paths.SAMPLE_MESSAGE_START)
-    assert str(path) in message and f"{paths.SAMPLE_SIZE_MB} MB" in message
+    assert paths.display_path(path) in message and f"{paths.SAMPLE_SIZE_MB} MB" in message
     assert message.count("\n") == 1  # one line: notebooks/sanitize.cfg drops it
     paths.sample_dir()
     assert capsys.readouterr().out == "", "said again although the sample exists"
