@@ -49,6 +49,42 @@ __all__ = [
 _NEUTRAL = "#ffd700"  # boxes drawn without a class
 _LINE_STYLES = ("-", "--", "-.", ":")
 
+# Okabe & Ito's colour-blind-safe palette, for plots whose series are not classes.
+_OKABE_ITO = {
+    "blue": "#0072b2",
+    "vermilion": "#d55e00",
+    "bluish green": "#009e73",
+    "yellow": "#f0e442",
+    "reddish purple": "#cc79a7",
+    "sky blue": "#56b4e9",
+    "orange": "#e69f00",
+    "black": "#000000",
+}
+
+# A (line style, marker) per class id for curves, which keep their class colour too.
+# No two classes share both, so a curve reads even in gray; and any two classes whose
+# colours come within 16 CIEDE2000 units of each other for normal vision or simulated
+# protanopia, deuteranopia or tritanopia (red/rose/olive/mustard, blue/purple...) get
+# different line styles (tests/test_plotting.py checks both).
+_CLASS_CURVE_STYLES: tuple[tuple[str, str], ...] = (
+    ("-", "o"),  # 0 Aortic enlargement
+    ("--", "o"),  # 1 Atelectasis
+    ("-", "s"),  # 2 Calcification
+    ("--", "s"),  # 3 Cardiomegaly
+    (":", "o"),  # 4 Consolidation
+    (":", "s"),  # 5 ILD
+    (":", "^"),  # 6 Infiltration
+    ("-.", "o"),  # 7 Lung Opacity
+    ("-", "^"),  # 8 Nodule/Mass
+    ("--", "^"),  # 9 Other lesion
+    ("-", "D"),  # 10 Pleural effusion
+    ("-.", "s"),  # 11 Pleural thickening
+    ("-.", "^"),  # 12 Pneumothorax
+    ("-.", "D"),  # 13 Pulmonary fibrosis
+    ("--", "D"),  # 14 No finding
+)
+_LEGEND_FONT = 9  # points: about 11 px in a notebook's 8-inch figure shown 700 px wide
+
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 6)) -> Axes:
     if ax is not None:
@@ -404,10 +440,14 @@ def plot_box_stats(
         for handle in legend.legend_handles:
             handle.set_alpha(1.0)  # the points are translucent, the key need not be
     edges = np.linspace(0, 1, bins + 1)
-    ax_hist.hist(rel_w, bins=edges, alpha=0.6, label="width")
-    ax_hist.hist(rel_h, bins=edges, alpha=0.6, label="height")
+    # step outlines, solid and dashed: where the two overlap both stay readable
+    for values, name, color, ls in (
+        (rel_w, "width", _OKABE_ITO["blue"], "-"),
+        (rel_h, "height", _OKABE_ITO["vermilion"], "--"),
+    ):
+        ax_hist.hist(values, bins=edges, histtype="step", lw=2, ls=ls, color=color, label=name)
     ax_hist.set(xlabel="fraction of the image side", ylabel="boxes", title="box width and height")
-    ax_hist.legend()
+    ax_hist.legend(fontsize=_LEGEND_FONT, loc="best", handlelength=3)  # where no step is
     heat, _, _ = np.histogram2d(cy, cx, bins=[edges, edges])
     im = ax_heat.imshow(heat, extent=(0, 1, 1, 0), cmap="magma", interpolation="nearest")
     ax_heat.set(xlabel="x / width", ylabel="y / height", title=f"box centres ({len(cls)} boxes)")
@@ -426,31 +466,65 @@ def plot_pr_curves(
     ``curves`` maps class id -> ``(recall, precision)`` arrays (as returned by
     :func:`cxrkit.metrics.pr_curves`); ``ap`` maps class id -> AP. The title shows
     the mean of the given APs (the competition's mAP when all 15 are there).
+
+    Curves are drawn, and listed in the legend, from the best AP down (classes
+    without an AP in ``ap`` last, by id); a class whose AP is NaN (no truth) is
+    left out. Each class keeps its colour and gets its own line style and marker
+    (``_CLASS_CURVE_STYLES``), so the low curves that pile up stay apart for a
+    colour-blind reader too. The legend sits outside the axes, on the right.
     """
     ax = _new_axes(ax, figsize=(9, 6))
     ap = dict(ap or {})
-    for cid, (recall, precision) in sorted(curves.items()):
+
+    def _has_ap(cid: int) -> bool:
+        return cid in ap and ap[cid] is not None and bool(np.isfinite(ap[cid]))
+
+    drawn = [cid for cid in curves if _has_ap(cid) or cid not in ap]  # NaN AP: no truth
+    drawn.sort(key=lambda cid: (0, -ap[cid], cid) if _has_ap(cid) else (1, 0.0, cid))
+    for k, cid in enumerate(drawn):
+        recall, precision = curves[cid]
         label = f"{cid} {class_name(cid)}"
-        if cid in ap and ap[cid] is not None and np.isfinite(ap[cid]):
+        if _has_ap(cid):
             label += f" (AP {ap[cid]:.3f})"
+        ls, marker = _CLASS_CURVE_STYLES[int(cid)]
         ax.plot(
             _to_numpy(recall),
             _to_numpy(precision),
             color=class_color(cid),
-            lw=1.8,
-            ls=_LINE_STYLES[cid % len(_LINE_STYLES)],  # a second cue besides colour
+            lw=2,
+            ls=ls,
+            marker=marker,
+            ms=6,
+            mec="black",  # pale colours (ILD's yellow) still show on white
+            mew=0.6,
+            markevery=_marks_along(_to_numpy(recall), start=0.05 + 0.015 * (k % 5)),
             label=label,
             drawstyle="steps-post",
         )
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="recall", ylabel="precision")
     values = [v for v in ap.values() if v is not None and np.isfinite(v)]
     ax.set_title(
         title or (f"precision-recall, mAP {np.mean(values):.3f}" if values else "precision-recall")
     )
-    if curves:  # outside the axes: it never hides the low curves
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if drawn:  # outside the axes: it never hides the low curves
+        ax.legend(
+            fontsize=_LEGEND_FONT,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+            handlelength=4,  # long enough to show each dash pattern
+        )
     ax.grid(alpha=0.3)
     return ax
+
+
+def _marks_along(recall: np.ndarray, start: float, step: float = 0.1) -> list[int]:
+    """Indices of the first points at recall ``start``, ``start + step``, ...: markers
+    spread along the x axis, not bunched where the first detections make precision jump.
+    Curves get different ``start`` values so that their markers do not stack."""
+    targets = np.arange(start, 1.0, step)
+    idx = np.unique(np.searchsorted(np.asarray(recall, dtype=float), targets))
+    return [int(i) for i in idx if i < len(recall)]
 
 
 def plot_history(
@@ -633,30 +707,45 @@ def plot_band_histogram(
     probs: Any, labels: Any, low: float, high: float, ax: Axes | None = None, bins: int = 20
 ) -> Axes:
     """Histogram of ``p_abnormal`` for normal and abnormal images, with the three
-    bands of :func:`cxrkit.postprocess.apply_classifier` shaded and named."""
+    bands of :func:`cxrkit.postprocess.apply_classifier` shaded and named.
+
+    The two histograms are step outlines (normal solid, abnormal dashed) so that
+    where they overlap both stay readable; the ``low`` and ``high`` thresholds are
+    named in the legend, which sits outside the axes on the right.
+    """
     ax = _new_axes(ax, figsize=(8, 4))
     p = _to_numpy(probs).astype(float)
     y = _to_numpy(labels).astype(float) > 0.5
     edges = np.linspace(0, 1, bins + 1)
-    ax.hist(p[~y], bins=edges, alpha=0.6, color="#0072b2", label=f"normal ({(~y).sum()})")
-    ax.hist(p[y], bins=edges, alpha=0.6, color="#d55e00", label=f"abnormal ({y.sum()})")
+    for sel, name, color, ls in (
+        (~y, "normal", _OKABE_ITO["blue"], "-"),
+        (y, "abnormal", _OKABE_ITO["vermilion"], "--"),
+    ):
+        ax.hist(
+            p[sel], bins=edges, histtype="step", lw=2, ls=ls, color=color,
+            label=f"{name} ({sel.sum()})",
+        )  # fmt: skip
     bands = (
-        (0.0, low, "#009e73", "drop boxes,\n14 1"),
-        (low, high, "#f0e442", "keep boxes,\n+ 14 (1-p)"),
-        (high, 1.0, "#cc79a7", "keep boxes"),
+        (0.0, low, _OKABE_ITO["bluish green"], "drop boxes,\n14 1"),
+        (low, high, _OKABE_ITO["yellow"], "keep boxes,\n+ 14 (1-p)"),
+        (high, 1.0, _OKABE_ITO["reddish purple"], "keep boxes"),
     )
     top = ax.get_ylim()[1]
     for x0, x1, color, text in bands:
         if x1 > x0:
             ax.axvspan(x0, x1, color=color, alpha=0.12, lw=0)
             ax.text((x0 + x1) / 2, top * 0.97, text, ha="center", va="top", fontsize=8)
-    for x in (low, high):
-        ax.axvline(x, color="black", ls="--", lw=1)
+    ax.axvline(low, color="black", ls=":", lw=1.5, label=f"low {low:g}")
+    ax.axvline(high, color="black", ls="-.", lw=1.5, label=f"high {high:g}")
     ax.set(
         xlim=(0, 1), xlabel="p_abnormal", ylabel="images",
         title=f"out-of-fold p_abnormal and the bands (low {low:g}, high {high:g})",
     )  # fmt: skip
-    ax.legend(loc="center left", fontsize=8)
+    # outside the axes: the bands' names and the bars stay clear
+    ax.legend(
+        fontsize=_LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+        handlelength=3,
+    )  # fmt: skip
     return ax
 
 

@@ -252,19 +252,121 @@ def _closest_pair(rgb: np.ndarray) -> float:
     return float(dist.min())
 
 
+def _seen(rgb: np.ndarray, vision: str) -> np.ndarray:
+    """sRGB colours as a reader with ``vision`` ("normal" or a key of _CVD) sees them."""
+    if vision == "normal":
+        return rgb
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    seen = np.clip(linear @ np.array(_CVD[vision]).T, 0, 1)
+    return np.where(seen <= 0.0031308, 12.92 * seen, 1.055 * seen ** (1 / 2.4) - 0.055)
+
+
 @pytest.mark.parametrize("vision", ["normal", *_CVD])
 def test_the_14_finding_colours_stay_apart(vision):
     from matplotlib.colors import to_rgb
 
     from cxrkit.labels import CLASS_COLORS, NUM_FINDINGS
 
-    rgb = np.array([to_rgb(c) for c in CLASS_COLORS[:NUM_FINDINGS]])
-    if vision != "normal":
-        linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-        seen = np.clip(linear @ np.array(_CVD[vision]).T, 0, 1)
-        rgb = np.where(seen <= 0.0031308, 12.92 * seen, 1.055 * seen ** (1 / 2.4) - 0.055)
+    rgb = _seen(np.array([to_rgb(c) for c in CLASS_COLORS[:NUM_FINDINGS]]), vision)
     # 9 CIEDE2000 units: clearly different side by side (the old palette had 0.9)
     assert _closest_pair(rgb) >= 9.0
+
+
+def _line_styles(ax: Axes) -> dict[str, tuple[str, str, str]]:
+    """Legend label -> (colour, line style, marker) of each curve on ``ax``."""
+    return {
+        line.get_label(): (to_hex(line.get_color()), line.get_linestyle(), line.get_marker())
+        for line in ax.lines
+    }
+
+
+def test_plot_pr_curves_tells_every_class_apart_without_colour():
+    """Each class's curve differs from every other in line style or marker, and two
+    classes whose colours look alike (for any vision) never share a line style."""
+    from matplotlib.colors import to_rgb
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    from cxrkit.labels import NUM_CLASSES
+
+    curves = {c: (np.linspace(0, 1, 50), np.linspace(1, 0.1 * (c % 5), 50)) for c in range(15)}
+    ax = plot_pr_curves(curves, {c: 0.05 * c for c in range(15)})
+    styles = {int(label.split()[0]): style for label, style in _line_styles(ax).items()}
+    assert sorted(styles) == list(range(NUM_CLASSES))
+    assert all(marker not in ("None", "", None) for _, _, marker in styles.values())
+    assert len({(color, ls) for color, ls, _ in styles.values()}) == NUM_CLASSES
+    assert len({(ls, marker) for _, ls, marker in styles.values()}) == NUM_CLASSES
+    rgb = np.array([to_rgb(styles[c][0]) for c in range(NUM_CLASSES)])
+    for vision in ["normal", *_CVD]:
+        lab = rgb2lab(_seen(rgb, vision)[None])[0]
+        dist = deltaE_ciede2000(lab[:, None, :], lab[None, :, :])
+        for i, j in zip(*np.nonzero(dist < 16), strict=True):
+            if i < j:
+                assert styles[i][1] != styles[j][1], (vision, i, j)
+
+
+def test_plot_pr_curves_orders_by_ap_and_skips_classes_without_truth():
+    curve = (np.array([0.1, 0.5, 0.9]), np.array([1.0, 0.6, 0.3]))
+    ap = {0: 0.2, 3: 0.9, 8: float("nan"), 13: 0.5}  # 5 has no AP at all: drawn last
+    ax = plot_pr_curves({c: curve for c in (0, 3, 5, 8, 13)}, ap)
+    expected = [
+        "3 Cardiomegaly (AP 0.900)",
+        "13 Pulmonary fibrosis (AP 0.500)",
+        "0 Aortic enlargement (AP 0.200)",
+        "5 ILD",
+    ]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == expected
+    assert [line.get_label() for line in ax.lines] == expected  # drawn in that order too
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+    ax.figure.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # right of the axes
+
+
+def _hist_outlines(ax: Axes) -> list:
+    from matplotlib.patches import Polygon
+
+    return [p for p in ax.patches if isinstance(p, Polygon)]
+
+
+def _dashed(patch) -> bool:
+    """Whether a patch's edge is dashed (a Patch reports "--" as an (offset, dashes) pair)."""
+    ls = patch.get_linestyle()
+    return not (ls in ("-", "solid") or (isinstance(ls, tuple) and ls[1] is None))
+
+
+def test_plot_band_histogram_draws_step_outlines_and_names_the_thresholds():
+    from cxrkit.plotting import plot_band_histogram
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    ax = plot_band_histogram(p, y, 0.2, 0.7)
+    outlines = _hist_outlines(ax)
+    assert len(outlines) == 2 and not any(o.get_fill() for o in outlines)
+    assert sorted(_dashed(o) for o in outlines) == [False, True]  # one solid, one dashed
+    assert min(o.get_linewidth() for o in outlines) >= 1.5
+    bars = [r for r in rectangles(ax) if r.get_width() < 0.2]  # the bands are wider
+    assert not bars  # no filled bars left
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["normal (3)", "abnormal (3)", "low 0.2", "high 0.7"]
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+    assert len({line.get_linestyle() for line in ax.lines}) == 2  # low and high differ
+
+
+def test_plot_box_stats_histograms_are_step_outlines():
+    fig = plot_box_stats(ANN, META)
+    ax_hist = fig.axes[1]
+    outlines = _hist_outlines(ax_hist)
+    assert len(outlines) == 2 and not any(o.get_fill() for o in outlines)
+    assert sorted(_dashed(o) for o in outlines) == [False, True]  # one solid, one dashed
+    legend = ax_hist.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["width", "height"]
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    for outline in outlines:  # "best": the legend covers no corner of either outline
+        corners = outline.get_transform().transform(outline.get_path().vertices)
+        assert not box.count_contains(corners)
 
 
 def test_label_text_reads_on_its_colour():
