@@ -4,12 +4,17 @@ A notebook's markdown quotes its own results ("fold 0 scored 0.071"). Each
 re-execution moves the outputs, and prose left behind teaches a wrong number.
 A decimal number in a markdown cell is *backed* when one of these holds:
 
-- an output of the same notebook prints it, as written or rounded from a longer
-  printed value (``0.0714`` backs ``0.071`` and ``0.07``);
+- an output of the same section prints it (the cells between two ``## `` headings), as
+  written or rounded from a longer printed value (``0.0714`` backs ``0.071`` and
+  ``0.07``); a sentence that names another section (``section 4``) or links another
+  notebook (``[notebook 05](05_nms.ipynb)``) is backed by that section's or notebook's
+  outputs too. (Outputs of the whole notebook would back almost any three-digit number
+  by coincidence: a notebook prints hundreds of them.)
 - a code cell of the same notebook contains it (a parameter: ``lr=0.02``);
 - the sentence or table row around it links its source (``[paper](https://...)``, or
   a numbered reference ``[2]`` whose ``[2] https://...`` line is in the notebook);
-- it is a code span's setting the text proposes (``iou_thr=0.2``: a code span with ``=``);
+- it is a code span's setting the text proposes (``iou_thr=0.2``: a code span with ``=``;
+  in an Exercises section, any code span: ``0.3``);
 - it names a section (``section 6.1``) whose heading the notebook has; headings'
   own numbers are not checked;
 - :data:`ALLOWED` lists it for that notebook, with the reason.
@@ -34,7 +39,11 @@ LINK = re.compile(r"\]\((?:https?://|\.\./|\.\./README)|<https?://")
 REFERENCE = re.compile(r"\[(\d+)\]")
 REFERENCE_LINE = re.compile(r"^\s*\[(\d+)\]:?\s+.*https?://", re.MULTILINE)
 SETTING_SPAN = re.compile(r"`[^`]*=[^`]*`")
-SECTION_MENTION = re.compile(r"\bsections? (\d+\.\d+)")
+SECTION_MENTION = re.compile(r"\bsections? (\d+\.\d+)", re.IGNORECASE)
+SECTION_NAMED = re.compile(r"\bsections? (\d+)\b(?!\.\d)", re.IGNORECASE)
+SECTION_HEADING = re.compile(r"^## (?:(\d+)\.)?", re.MULTILINE)
+NOTEBOOK_LINK = re.compile(r"\]\((\d\d_\w+\.ipynb)\)")
+CODE_SPAN = re.compile(r"`[^`]*`")
 HEADING_NUMBER = re.compile(r"^#+\s+(\d+(?:\.\d+)*)\b", re.MULTILINE)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(*`])")
 
@@ -113,28 +122,87 @@ def _sentences(markdown: str) -> list[str]:
     return found
 
 
-def unbacked_numbers(notebook: dict, name: str) -> list[Unbacked]:
-    """The decimals in ``notebook``'s markdown that nothing backs (see the module's rules)."""
+def _split_sections(cells: list[dict]) -> tuple[list[int], dict[str, int], set[int]]:
+    """Each cell's section index (a new one at every ``## `` heading), the index of each
+    numbered section (``## 4. ...`` -> "4"), and the indices of Exercises sections."""
+    index, numbered, exercises, of_cell = 0, {}, set(), []
+    for cell in cells:
+        text = _text(cell["source"])
+        if cell["cell_type"] == "markdown":
+            for match in SECTION_HEADING.finditer(text):
+                index += 1
+                if match.group(1):
+                    numbered[match.group(1)] = index
+                if "exercises" in text[match.start() :].split("\n", 1)[0].lower():
+                    exercises.add(index)
+        of_cell.append(index)  # a heading cell belongs to the section it opens (its last)
+    return of_cell, numbered, exercises
+
+
+def unbacked_numbers(notebook: dict, name: str, folder: Path | None = None) -> list[Unbacked]:
+    """The decimals in ``notebook``'s markdown that nothing backs (see the module's rules).
+
+    ``folder`` holds the notebooks a sentence may link (default: none are read).
+    """
     cells = notebook["cells"]
-    backed = backing_numbers(cells)
+    of_cell, numbered, exercises = _split_sections(cells)
+    code = [c for c in cells if c["cell_type"] == "code"]
+    parameters = backing_numbers([{**c, "outputs": []} for c in code])
+    by_section: dict[int, set[str]] = {}
+    for section in set(of_cell):
+        members = [c for c, s in zip(cells, of_cell, strict=True) if s == section]
+        by_section[section] = backing_numbers([c for c in members if c["cell_type"] == "code"])
     markdown = [_text(c["source"]) for c in cells if c["cell_type"] == "markdown"]
     references = {n for text in markdown for n in REFERENCE_LINE.findall(text)}
-    sections = {n for text in markdown for n in HEADING_NUMBER.findall(text)}
-    found = []
-    for number, cell in enumerate(cells, start=1):
+    headings = {n for text in markdown for n in HEADING_NUMBER.findall(text)}
+    context = _Context(parameters, by_section, numbered, exercises, references, headings)
+    found: list[Unbacked] = []
+    for number, (cell, last) in enumerate(zip(cells, of_cell, strict=True), start=1):
         if cell["cell_type"] != "markdown":
             continue
-        for sentence in _sentences(_text(cell["source"])):
-            if LINK.search(sentence) or set(REFERENCE.findall(sentence)) & references:
-                continue
-            proposed = {d for span in SETTING_SPAN.findall(sentence) for d in DECIMAL.findall(span)}
-            named = set(SECTION_MENTION.findall(sentence)) & sections
-            for decimal in DECIMAL.findall(sentence):
-                if decimal in backed | proposed | named or (name, decimal) in ALLOWED:
-                    continue
+        text = _text(cell["source"])
+        section = last - len(SECTION_HEADING.findall(text))  # the one before its headings
+        for chunk in re.split(r"(?m)^(?=## )", text):
+            section += chunk.startswith("## ")
+            found += _unbacked_in(chunk, section, number, name, folder, context)
+    return found
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a notebook offers to back its prose's numbers (see unbacked_numbers)."""
+
+    parameters: set[str]
+    by_section: dict[int, set[str]]
+    numbered: dict[str, int]
+    exercises: set[int]
+    references: set[str]
+    headings: set[str]
+
+
+def _unbacked_in(
+    text: str, section: int, number: int, name: str, folder: Path | None, context: _Context
+) -> list[Unbacked]:
+    """The unbacked decimals of the part of markdown cell ``number`` in ``section``."""
+    found = []
+    for sentence in _sentences(text):
+        if LINK.search(sentence) or set(REFERENCE.findall(sentence)) & context.references:
+            continue
+        backed = context.parameters | context.by_section.get(section, set())
+        for named in SECTION_NAMED.findall(sentence):
+            backed |= context.by_section.get(context.numbered.get(named, -1), set())
+        for linked in NOTEBOOK_LINK.findall(sentence):
+            if folder is not None and (folder / linked).is_file():
+                backed |= backing_numbers(json.loads((folder / linked).read_text())["cells"])
+        spans = CODE_SPAN.findall(sentence) if section in context.exercises else []
+        spans += SETTING_SPAN.findall(sentence)
+        backed |= {d for span in spans for d in DECIMAL.findall(span)}
+        backed |= set(SECTION_MENTION.findall(sentence)) & context.headings
+        for decimal in DECIMAL.findall(sentence):
+            if decimal not in backed and (name, decimal) not in ALLOWED:
                 found.append(Unbacked(name, number, decimal, sentence.strip()))
     return found
 
 
 def unbacked_in_file(path: Path) -> list[Unbacked]:
-    return unbacked_numbers(json.loads(path.read_text()), path.name)
+    return unbacked_numbers(json.loads(path.read_text()), path.name, path.parent)

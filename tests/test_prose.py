@@ -48,8 +48,8 @@ def test_a_planted_number_is_caught():
     notebook = json.loads(path.read_text())
     planted = copy.deepcopy(notebook)
     planted["cells"].append({"cell_type": "markdown", "source": ["The model scored 0.8137."]})
-    before = set(unbacked_numbers(notebook, path.name))
-    (found,) = set(unbacked_numbers(planted, path.name)) - before
+    before = set(unbacked_numbers(notebook, path.name, path.parent))
+    (found,) = set(unbacked_numbers(planted, path.name, path.parent)) - before
     assert (found.number, found.cell) == ("0.8137", len(planted["cells"]))
 
 
@@ -71,6 +71,59 @@ def test_a_planted_number_is_caught():
 def test_the_backing_rules(markdown, unbacked):
     notebook = _notebook(markdown, printed="fold 0: val mAP 0.0714\n")
     assert [u.number for u in unbacked_numbers(notebook, "x.ipynb")] == unbacked
+
+
+def _sectioned(markdown: str) -> dict:
+    """Section 1 prints 0.0714; section 2 prints 0.5; then ``markdown`` (in section 2)."""
+
+    def code(printed: str) -> dict:
+        output = {"output_type": "stream", "name": "stdout", "text": [printed]}
+        return {"cell_type": "code", "source": ["pass"], "outputs": [output]}
+
+    def text(source: str) -> dict:
+        return {"cell_type": "markdown", "source": [source]}
+
+    cells = [text("## 1. Training"), code("val mAP 0.0714\n"), text("## 2. Scoring")]
+    return {"cells": [*cells, code("AP 0.5\n"), text(markdown)]}
+
+
+@pytest.mark.parametrize(
+    ("markdown", "unbacked"),
+    [
+        ("It scored 0.5.", []),  # printed in its own section
+        ("Fold 0 scored 0.071.", ["0.071"]),  # printed in section 1 only: a coincidence?
+        ("Fold 0 scored 0.071 in section 1.", []),  # named: section 1's outputs count
+        ("## Exercises\n\nTry `0.3` and 0.6.", ["0.6"]),  # an exercise proposes code
+    ],
+)
+def test_numbers_are_backed_by_their_own_section_or_one_they_name(markdown, unbacked):
+    notebook = _sectioned(markdown)
+    assert [u.number for u in unbacked_numbers(notebook, "x.ipynb")] == unbacked
+
+
+def test_a_linked_notebook_backs_what_it_prints(tmp_path):
+    other = _notebook("", printed="bootstrap std 0.0433\n")
+    (tmp_path / "05_nms.ipynb").write_text(json.dumps(other))
+    notebook = _notebook("Its noise ([notebook 05](05_nms.ipynb)) is about 0.04, or 0.05.")
+    found = unbacked_numbers(notebook, "x.ipynb", tmp_path)
+    assert [u.number for u in found] == ["0.05"]  # 0.0433 rounds to 0.04, not 0.05
+
+
+def test_a_changed_digit_in_a_real_notebook_is_caught():
+    """07 quotes the classifier's class-14 AP; one digit off is found (before the section
+    rule, the toy example's 0.833 elsewhere in the notebook backed it by coincidence)."""
+    path = next(p for p in NOTEBOOK_FILES if p.name.startswith("07"))
+    notebook = json.loads(path.read_text())
+    cell = next(
+        c for c in notebook["cells"] if "its No finding AP rises from" in "".join(c["source"])
+    )
+    text = "".join(cell["source"])
+    quoted = re.search(r"rises from\s+(\d\.\d+) to (\d\.\d+)", text)
+    assert quoted, "07's prose no longer quotes the class-14 AP"
+    high = quoted.group(2)
+    off = f"{float(high) + 0.001:.3f}"
+    cell["source"] = [text.replace(f"to {high}", f"to {off}", 1)]
+    assert off in {u.number for u in unbacked_numbers(notebook, path.name, path.parent)}
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
