@@ -492,48 +492,24 @@ def train_classifier(
     line per fold).
     """
     with printed_to_file(Path(out_dir) / "train.log", enabled=not verbose):
-        return _train_classifier(
-            data_dir,
-            annotations_csv,
-            out_dir,
-            config,
-            resume=resume,
-            overwrite=overwrite,
-            max_minutes=max_minutes,
-            **settings,
-        )
-
-
-def _train_classifier(
-    data_dir: str | os.PathLike,
-    annotations_csv: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: ClassifierConfig | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    max_minutes: float | None = None,
-    **settings: Any,
-) -> FitResult:
-    """:func:`train_classifier`'s work, printing to the screen."""
-    t_start = time.monotonic()
-    cfg = replace(config or ClassifierConfig(), **settings).checked()
-    if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
-        cfg = replace(cfg, minutes=max_minutes)
-    out = Path(out_dir)
-    _refuse_torchrun()
-    info = DistInfo()  # one process: the run folder helpers expect a rank
-    device = try_gpu()
-    with run_folder_lock(out, info, device):
-        prepare_run_folder(out, resume, overwrite, info)
-        seed_everything(cfg.seed)
-        last = out / "last.pt"
-        resumed = last if resume and last.is_file() else None
-        cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resumed))
-        data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
-        elapsed = (time.monotonic() - t_start) / 60
-        budget = None if cfg.minutes is None else max(0.0, cfg.minutes - elapsed)
-        return _fit_classifier(cfg, data, out, run_config, device, resume, budget, t_start)
+        t_start = time.monotonic()
+        cfg = replace(config or ClassifierConfig(), **settings).checked()
+        if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
+            cfg = replace(cfg, minutes=max_minutes)
+        out = Path(out_dir)
+        _refuse_torchrun()
+        info = DistInfo()  # one process: the run folder helpers expect a rank
+        device = try_gpu()
+        with run_folder_lock(out, info, device):
+            prepare_run_folder(out, resume, overwrite, info)
+            seed_everything(cfg.seed)
+            last = out / "last.pt"
+            resumed = last if resume and last.is_file() else None
+            cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resumed))
+            data, run_config = _prepare_run(cfg, out, data_dir, annotations_csv, resume)
+            elapsed = (time.monotonic() - t_start) / 60
+            budget = None if cfg.minutes is None else max(0.0, cfg.minutes - elapsed)
+            return _fit_classifier(cfg, data, out, run_config, device, resume, budget, t_start)
 
 
 # ------------------------------------------------------------------------ classify

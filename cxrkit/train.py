@@ -323,90 +323,68 @@ def train_from_folder(
     line per fold).
     """
     with printed_to_file(Path(out_dir) / "train.log", enabled=not verbose):
-        return _train_from_folder(
-            data_dir,
-            annotations_csv,
-            out_dir,
-            config,
-            resume=resume,
-            overwrite=overwrite,
-            max_minutes=max_minutes,
-            **settings,
-        )
-
-
-def _train_from_folder(
-    data_dir: str | os.PathLike,
-    annotations_csv: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: TrainConfig | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    max_minutes: float | None = None,
-    **settings: Any,
-) -> FitResult:
-    """:func:`train_from_folder`'s work, printing to the screen."""
-    t_start = time.monotonic()
-    cfg = replace(config or TrainConfig(), **settings)
-    if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
-        cfg = replace(cfg, minutes=max_minutes)
-    out = Path(out_dir)
-    info = setup_distributed()
-    try:
-        cfg = resolve(cfg, show=info.is_main)
-        auto_size = cfg.size == "auto"
-        device = try_gpu(info.local_rank)
-        with run_folder_lock(out, info, device):
-            prepare_run_folder(out, resume, overwrite, info)
-            seed_everything(cfg.seed)
-            data = Path(data_dir)
-            image_dir, meta = read_folder(data)
-            table = read_training_table(annotations_csv, meta)
-            split = run_split(table, cfg)
-            check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
-            train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
-            cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
-            cfg = _choose_sampling(cfg, train_table, info, info.is_main)
-            last = out / "last.pt"
-            resume_from = last if resume and last.is_file() else None
-            cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resume_from, info.is_main))
-            settings = {**asdict(cfg), "annotations_digest": table_digest(table)}
-            if resume:  # the settings first: a new seed is named, not the split it changes
-                check_resume_settings(out, "detector", settings, cfg.epochs)
-            keep_split(out / "split.csv", *split, resume, info.is_main)
-            train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
-            model = _build_for_training(cfg, device, anchors, resume_from)
-            minutes = cfg.minutes
-            if cfg.epochs is None:  # plan the epochs that fit the budget, measured here
-                minutes, epochs, reason = plan_from_budget(
-                    model, train_loader, valid_loader, device, cfg.minutes, t_start,
-                    get_spec(cfg.model_name).max_epochs, use_amp=cfg.amp is not False,
-                )  # fmt: skip
+        t_start = time.monotonic()
+        cfg = replace(config or TrainConfig(), **settings)
+        if cfg.minutes is None and max_minutes is not None:  # the older name of minutes=
+            cfg = replace(cfg, minutes=max_minutes)
+        out = Path(out_dir)
+        info = setup_distributed()
+        try:
+            cfg = resolve(cfg, show=info.is_main)
+            auto_size = cfg.size == "auto"
+            device = try_gpu(info.local_rank)
+            with run_folder_lock(out, info, device):
+                prepare_run_folder(out, resume, overwrite, info)
+                seed_everything(cfg.seed)
+                data = Path(data_dir)
+                image_dir, meta = read_folder(data)
+                table = read_training_table(annotations_csv, meta)
+                split = run_split(table, cfg)
+                check_images_exist(image_dir, [*split[0], *split[1]])  # before the first step
+                train_table = table[table["image_id"].astype(str).isin(set(map(str, split[0])))]
+                cfg, anchors = _fit_to_boxes(cfg, train_table, meta, auto_size, info.is_main)
+                cfg = _choose_sampling(cfg, train_table, info, info.is_main)
+                last = out / "last.pt"
+                resume_from = last if resume and last.is_file() else None
+                cfg = replace(cfg, epochs=planned_epochs(cfg.epochs, resume_from, info.is_main))
+                settings = {**asdict(cfg), "annotations_digest": table_digest(table)}
+                if resume:  # the settings first: a new seed is named, not the split it changes
+                    check_resume_settings(out, "detector", settings, cfg.epochs)
+                keep_split(out / "split.csv", *split, resume, info.is_main)
+                train_loader, valid_loader = make_loaders(table, meta, image_dir, split, cfg, info)
+                model = _build_for_training(cfg, device, anchors, resume_from)
+                minutes = cfg.minutes
+                if cfg.epochs is None:  # plan the epochs that fit the budget, measured here
+                    minutes, epochs, reason = plan_from_budget(
+                        model, train_loader, valid_loader, device, cfg.minutes, t_start,
+                        get_spec(cfg.model_name).max_epochs, use_amp=cfg.amp is not False,
+                    )  # fmt: skip
+                    if info.is_main:
+                        print(reason)
+                    cfg = replace(cfg, epochs=epochs)
+                    settings["epochs"] = epochs
+                model = _wrap_for_processes(model, device, info)
                 if info.is_main:
-                    print(reason)
-                cfg = replace(cfg, epochs=epochs)
-                settings["epochs"] = epochs
-            model = _wrap_for_processes(model, device, info)
-            if info.is_main:
-                print(_describe_run(cfg, train_loader, valid_loader, device, info))
-            optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
-            scheduler = make_scheduler(
-                optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma
-            )
-            run = {
-                "data_dir": str(data.resolve()),
-                "annotations_csv": str(Path(annotations_csv).resolve()),
-            }
-            elapsed = (time.monotonic() - t_start) / 60
-            budget = None if minutes is None else max(0.0, minutes - elapsed)
-            config = {**settings, **run, "world_size": info.world_size}  # saved whole
-            result = fit_run(
-                model, train_loader, valid_loader, out, device, optimizer, scheduler, config,
-                resume=resume, max_minutes=budget,
-            )  # fmt: skip
-            if cfg.folds is not None and info.is_main and result.best.is_file():
-                write_out_of_fold(result.best, image_dir, meta, split[1], out / "oof.csv", device)
-            return result
-    finally:
-        cleanup_distributed(info)
+                    print(_describe_run(cfg, train_loader, valid_loader, device, info))
+                optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+                scheduler = make_scheduler(
+                    optimizer, cfg.schedule, cfg.epochs, cfg.step_size, cfg.gamma
+                )
+                run = {
+                    "data_dir": str(data.resolve()),
+                    "annotations_csv": str(Path(annotations_csv).resolve()),
+                }
+                elapsed = (time.monotonic() - t_start) / 60
+                budget = None if minutes is None else max(0.0, minutes - elapsed)
+                config = {**settings, **run, "world_size": info.world_size}  # saved whole
+                result = fit_run(
+                    model, train_loader, valid_loader, out, device, optimizer, scheduler, config,
+                    resume=resume, max_minutes=budget,
+                )  # fmt: skip
+                if cfg.folds is not None and info.is_main and result.best.is_file():
+                    write_out_of_fold(
+                        result.best, image_dir, meta, split[1], out / "oof.csv", device
+                    )
+                return result
+        finally:
+            cleanup_distributed(info)
